@@ -1,0 +1,61 @@
+"""Gatehouse: webhooks -> queue -> handlers -> models/access."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from gatehouse.config import INSTANCE_DIR, REPO_ROOT, load_settings
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__, instance_path=str(INSTANCE_DIR))
+    app.config.update(load_settings(config))
+    app.config.setdefault("MIGRATIONS_DIR", REPO_ROOT / "migrations")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    configure_logging(app)
+    register_extensions(app)
+    register_blueprints(app)
+    register_error_handlers(app)
+    register_cli(app)
+    return app
+
+
+def configure_logging(app: Flask) -> None:
+    from gatehouse.logs import configure
+
+    configure(app.config["GATEHOUSE_LOG_LEVEL"])
+
+
+def register_extensions(app: Flask) -> None:
+    import gatehouse.models  # noqa: F401  (registers every table with the metadata)
+    from gatehouse.extensions import init_database, redis_client
+
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
+        INSTANCE_DIR.mkdir(exist_ok=True)
+    init_database(app)
+    redis_client.init_app(app)
+
+
+def register_blueprints(app: Flask) -> None:
+    from gatehouse.api.health import bp as health
+    from gatehouse.api.members import bp as members
+    from gatehouse.webhooks.views import bp as webhooks
+
+    app.register_blueprint(webhooks)
+    app.register_blueprint(members)
+    app.register_blueprint(health)
+
+
+def register_error_handlers(app: Flask) -> None:
+    from gatehouse.errors import register_error_handlers as register
+
+    register(app)
+
+
+def register_cli(app: Flask) -> None:
+    from gatehouse.cli import register
+
+    register(app)

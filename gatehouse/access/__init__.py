@@ -1,0 +1,1 @@
+"""Access: rules (pure evaluation), member state, the versioned cache, explain."""

@@ -1,0 +1,16 @@
+"""flask sources | tokens | access | events | worker — thin commands calling the packages."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register(app: Flask) -> None:
+    from gatehouse.cli.access import access
+    from gatehouse.cli.events import events
+    from gatehouse.cli.sources import sources
+    from gatehouse.cli.tokens import tokens
+    from gatehouse.cli.worker import worker
+
+    for group in (sources, tokens, access, events, worker):
+        app.cli.add_command(group)

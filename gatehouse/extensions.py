@@ -1,0 +1,74 @@
+"""Extensions are created unbound here and attached to an app in `init_app`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask import Flask, current_app
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from gatehouse.models.base import Base
+
+db = SQLAlchemy(model_class=Base)
+migrate = Migrate()
+
+
+class RedisClient:
+    """One connection pool per app; `redis_client.get()` returns the current app's client."""
+
+    def init_app(self, app: Flask) -> None:
+        client = redis.Redis.from_url(
+            app.config["REDIS_URL"],
+            socket_connect_timeout=2,
+            socket_timeout=10,
+            health_check_interval=30,
+        )
+        app.extensions["gatehouse.redis"] = client
+
+    @staticmethod
+    def get(app: Flask | None = None) -> redis.Redis:
+        return (app or current_app).extensions["gatehouse.redis"]  # type: ignore[no-any-return]
+
+
+redis_client = RedisClient()
+
+
+def configure_sqlite(engine: Engine) -> None:
+    """WAL + synchronous=NORMAL survives a kill -9 of any process (not a power cut).
+
+    Transactions begin IMMEDIATE so two writers queue on the busy timeout instead of
+    failing with "database is locked" when a reader tries to upgrade.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def init_database(app: Flask) -> None:
+    uri: str = app.config["SQLALCHEMY_DATABASE_URI"]
+    options: dict[str, Any] = dict(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
+    if uri.startswith("sqlite"):
+        options.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
+    else:
+        options.setdefault("pool_pre_ping", True)
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(app.config["MIGRATIONS_DIR"]))
+    if uri.startswith("sqlite"):
+        with app.app_context():
+            configure_sqlite(db.engine)

@@ -1,0 +1,1 @@
+"""RQ job functions: apply one stored event to members, then refresh their access cache."""

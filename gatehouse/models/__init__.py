@@ -1,0 +1,27 @@
+"""SQLAlchemy 2 typed models. Model methods never commit: the caller owns the transaction."""
+
+from gatehouse.models.base import Base, new_id, utcnow
+from gatehouse.models.event import FINAL_STATUSES, STATUSES, Event
+from gatehouse.models.member import Contact, ContactTag, Member, Subscription, TagSnapshot
+from gatehouse.models.rules import AccessRules
+from gatehouse.models.source import Source, SourceSecret
+from gatehouse.models.token import ROLES, ApiToken
+
+__all__ = [
+    "FINAL_STATUSES",
+    "ROLES",
+    "STATUSES",
+    "AccessRules",
+    "ApiToken",
+    "Base",
+    "Contact",
+    "ContactTag",
+    "Event",
+    "Member",
+    "Source",
+    "SourceSecret",
+    "Subscription",
+    "TagSnapshot",
+    "new_id",
+    "utcnow",
+]

@@ -1,0 +1,116 @@
+"""The outbox sweep: queue what the database holds but Redis does not.
+
+Events are left behind when Redis was down at ingest (`received`), when Redis lost its
+data or a process died between commit and enqueue (`queued` with no job), or when a
+worker died mid-job (`processing` past the job timeout). The sweep is safe to run from
+several workers at once: a Redis lock keeps it to one at a time, and jobs are idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import redis
+from flask import Flask, current_app
+from sqlalchemy import or_, select, update
+
+from gatehouse.extensions import db, redis_client
+from gatehouse.models import Event, utcnow
+from gatehouse.queue.enqueue import enqueue_events
+
+log = logging.getLogger("gatehouse.queue")
+LOCK_KEY = "gatehouse:sweep-lock"
+BATCH = 1000
+# RQ job states that mean the job will still run (or is running).
+ALIVE = {b"queued", b"started", b"scheduled", b"deferred"}
+
+
+@dataclass
+class SweepResult:
+    received: int = 0
+    lost: int = 0
+    stuck: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.received + self.lost + self.stuck
+
+
+def _job_states(client: redis.Redis, ids: list[str]) -> list[bytes | None]:
+    with client.pipeline(transaction=False) as pipe:
+        for event_id in ids:
+            pipe.hget(f"rq:job:{event_id}", "status")
+        return pipe.execute()  # type: ignore[no-any-return]
+
+
+def sweep(app: Flask | None = None, *, grace_seconds: int | None = None) -> SweepResult:
+    app = app or current_app
+    client = redis_client.get(app)
+    result = SweepResult()
+    grace = app.config["GATEHOUSE_SWEEP_GRACE"] if grace_seconds is None else grace_seconds
+    job_timeout = app.config["GATEHOUSE_JOB_TIMEOUT"]
+    lock = client.lock(LOCK_KEY, timeout=300, blocking=False)
+    if not lock.acquire():
+        log.info("sweep.skipped_locked")
+        return result
+    try:
+        now = utcnow()
+        queued_before = now - timedelta(seconds=grace)
+        processing_before = now - timedelta(seconds=job_timeout + 60)
+        last = ""
+        while True:
+            rows = db.session.execute(
+                select(Event.id, Event.status)
+                .where(
+                    Event.id > last,
+                    or_(
+                        Event.status == "received",
+                        (Event.status == "queued") & (Event.updated_at < queued_before),
+                        (Event.status == "processing") & (Event.updated_at < processing_before),
+                    ),
+                )
+                .order_by(Event.id)
+                .limit(BATCH)
+            ).all()
+            db.session.rollback()
+            if not rows:
+                break
+            last = rows[-1][0]
+            states = _job_states(client, [r[0] for r in rows])
+            to_queue: list[str] = []
+            for (event_id, status), job_state in zip(rows, states, strict=True):
+                if status == "received":
+                    to_queue.append(event_id)
+                    result.received += 1
+                elif status == "queued" and job_state not in ALIVE:
+                    to_queue.append(event_id)
+                    result.lost += 1
+                elif status == "processing":
+                    # Past the job timeout: whatever RQ says, the worker that took it died.
+                    to_queue.append(event_id)
+                    result.stuck += 1
+            if to_queue and not enqueue_events(to_queue, app):
+                result.errors.append("Redis refused the jobs; try again when it answers")
+                break
+            if to_queue:
+                db.session.execute(
+                    update(Event)
+                    .where(Event.id.in_(to_queue), Event.status.in_(("received", "processing", "queued")))
+                    .values(status="queued")
+                )
+                db.session.commit()
+    finally:
+        try:
+            lock.release()
+        except redis.RedisError:
+            pass
+        db.session.remove()
+    if result.total:
+        log.warning(
+            "sweep.requeued",
+            extra={"received": result.received, "lost": result.lost, "stuck": result.stuck},
+        )
+    return result

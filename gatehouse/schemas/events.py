@@ -1,0 +1,111 @@
+"""Canonical events: the one format every sender is translated into before it is stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
+
+MAX_TAGS = 5000
+_id = validate.Length(min=1, max=128)
+_tag = fields.String(validate=validate.Length(min=1, max=128))
+
+CANONICAL_TYPES = (
+    "member.provision",
+    "contact.updated",
+    "contact.tags_set",
+    "contact.tag_added",
+    "contact.tag_removed",
+    "contact.merged",
+    "contact.deleted",
+    "subscription.updated",
+    "member.revoked",
+)
+CONTACT_TYPES = frozenset(CANONICAL_TYPES) - {"subscription.updated"}
+
+
+class ContactSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.String(required=True, validate=_id)
+    email = fields.Email(load_default=None, allow_none=True, validate=validate.Length(max=320))
+    first_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
+    last_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
+
+
+class SubscriptionSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.String(required=True, validate=_id)
+    product = fields.String(load_default=None, allow_none=True, validate=_id)
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(
+            [
+                "active",
+                "trialing",
+                "past_due",
+                "incomplete",
+                "incomplete_expired",
+                "paused",
+                "unpaid",
+                "canceled",
+            ]
+        ),
+    )
+    current_period_end = fields.AwareDateTime(load_default=None, allow_none=True)
+    customer = fields.String(load_default=None, allow_none=True, validate=_id)
+    email = fields.Email(load_default=None, allow_none=True)
+
+
+class CanonicalEventSchema(Schema):
+    """The body of a `standard` webhook, and what each sender's translation produces."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    type = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    occurred_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    contact = fields.Nested(ContactSchema, load_default=None)
+    tags = fields.List(_tag, load_default=None, validate=validate.Length(max=MAX_TAGS))
+    tag = fields.String(load_default=None, validate=validate.Length(min=1, max=128))
+    merged_ids = fields.List(fields.String(validate=_id), load_default=None)
+    subscription = fields.Nested(SubscriptionSchema, load_default=None)
+
+    @validates_schema
+    def _fields_for_type(self, data: dict[str, Any], **_: Any) -> None:
+        kind = data.get("type")
+        if kind not in CANONICAL_TYPES:
+            return  # unknown types are stored as skipped, not rejected
+        if kind in CONTACT_TYPES and data.get("contact") is None:
+            raise ValidationError("required for this event type", "contact")
+        if kind in ("contact.tag_added", "contact.tag_removed") and not (
+            data.get("tag") or data.get("tags")
+        ):
+            raise ValidationError("a tag is required for this event type", "tag")
+        if kind == "contact.tags_set" and data.get("tags") is None:
+            raise ValidationError("the full tag list is required for contact.tags_set", "tags")
+        if kind == "contact.merged" and not data.get("merged_ids"):
+            raise ValidationError("name the merged-away contact ids", "merged_ids")
+        if kind == "subscription.updated" and data.get("subscription") is None:
+            raise ValidationError("required for this event type", "subscription")
+
+
+canonical_event_schema = CanonicalEventSchema()
+
+
+def load_canonical(data: Any) -> dict[str, Any]:
+    """Validate one canonical event; raises marshmallow.ValidationError with field messages."""
+    if not isinstance(data, dict):
+        raise ValidationError({"_schema": ["an event must be a JSON object"]})
+    loaded: dict[str, Any] = canonical_event_schema.load(data)
+    return {k: v for k, v in loaded.items() if v is not None}

@@ -1,0 +1,113 @@
+"""What every sender module provides: verify raw bytes, parse, translate to canonical events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+
+from flask import Response
+from marshmallow import ValidationError
+
+from gatehouse.schemas.events import load_canonical
+from gatehouse.webhooks.errors import InvalidEvent
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """The request as received, detached from Flask so senders are plain functions of it."""
+
+    method: str
+    url: str  # as the sender called it (GATEHOUSE_PUBLIC_URL applied behind a proxy)
+    query: Mapping[str, str]
+    headers: Mapping[str, str]  # lower-cased names
+    body: bytes
+    media_type: str  # lower-cased, without parameters
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    id: int
+    slug: str
+    kind: str
+    crm: str
+    secrets: tuple[str, ...]  # current first, then those in their rotation grace period
+    public_key: str | None = None
+
+
+@dataclass
+class CanonicalEvent:
+    type: str
+    external_id: str
+    occurred_at: datetime
+    payload: dict[str, Any]
+    skip_reason: str | None = None
+    contact_key: str | None = field(default=None)
+
+
+class Sender(Protocol):
+    kind: ClassVar[str]
+    media_types: ClassVar[frozenset[str]]
+    # HighLevel retries only on 429, so it is told 429 when we cannot store.
+    unavailable_status: ClassVar[int]
+
+    def handshake(self, inbound: Inbound, source: SourceInfo) -> Response | None: ...
+
+    def verify(self, inbound: Inbound, source: SourceInfo, tolerance: int) -> None: ...
+
+    def parse(self, inbound: Inbound) -> Any: ...
+
+    def translate(self, parsed: Any, inbound: Inbound, source: SourceInfo) -> list[CanonicalEvent]:
+        ...
+
+
+class BaseSender:
+    kind: ClassVar[str] = ""
+    media_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
+    unavailable_status: ClassVar[int] = 503
+
+    def handshake(self, inbound: Inbound, source: SourceInfo) -> Response | None:
+        return None
+
+
+def canonical(
+    data: dict[str, Any],
+    *,
+    crm: str,
+    external_id: str,
+    occurred_at: datetime,
+    field_prefix: str = "",
+) -> CanonicalEvent:
+    """Validate a canonical event dict and bind its contact to the source's CRM namespace.
+
+    Unknown types come back with a skip reason: stored and shown, never silently dropped.
+    """
+    try:
+        event = load_canonical(data)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        if field_prefix:
+            messages = {f"{field_prefix}{k}": v for k, v in messages.items()}
+        raise InvalidEvent(messages) from None
+    from gatehouse.schemas.events import CANONICAL_TYPES
+
+    when = event.pop("occurred_at", None) or occurred_at
+    contact = event.get("contact")
+    if contact is not None:
+        contact["crm"] = crm
+    sub = event.get("subscription")
+    if sub is not None and sub.get("current_period_end") is not None:
+        sub["current_period_end"] = sub["current_period_end"].isoformat()
+    skip = None
+    if event["type"] not in CANONICAL_TYPES:
+        skip = f"event type {event['type']!r} is not handled by Gatehouse"
+    return CanonicalEvent(
+        type=event["type"],
+        external_id=external_id,
+        occurred_at=when,
+        payload=event,
+        skip_reason=skip,
+        contact_key=f"{crm}:{contact['id']}" if contact else None,
+    )

