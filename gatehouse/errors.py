@@ -40,4 +40,6 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:
         log.exception("request.unhandled_error")
-        return jsonify({"error": "internal_error", "detail": "unexpected error; it was logged"}), 500
+        return jsonify(
+            {"error": "internal_error", "detail": "unexpected error; it was logged"}
+        ), 500

@@ -31,7 +31,8 @@ class RedisClient:
 
     @staticmethod
     def get(app: Flask | None = None) -> redis.Redis:
-        return (app or current_app).extensions["gatehouse.redis"]  # type: ignore[no-any-return]
+        client: redis.Redis = (app or current_app).extensions["gatehouse.redis"]
+        return client
 
 
 redis_client = RedisClient()

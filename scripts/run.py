@@ -29,14 +29,21 @@ def redis_server_binary() -> str:
 def main() -> int:
     env = {**dotenv_values(ROOT / ".env"), **os.environ}
     url = env.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-    lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.split(":")[0] in ("web", "worker")]
+    lines = [
+        line
+        for line in (ROOT / "Procfile").read_text().splitlines()
+        if line.split(":")[0] in ("web", "worker")
+    ]
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
         print(f"Redis answers at {url}")
     except redis.RedisError:
         parsed = urlparse(url)
         if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
-            print(f"Nothing answers at REDIS_URL={url} and it is not local: start it, or unset REDIS_URL")
+            print(
+                f"Nothing answers at REDIS_URL={url} and it is not local: "
+                "start it, or unset REDIS_URL"
+            )
             return 1
         data = ROOT / "instance" / "redis"
         data.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,9 @@ def create_token(role: str, name: str | None = None) -> str:
     return token
 
 
-def standard_headers(secret: str, msg_id: str, body: bytes, when: datetime | None = None) -> dict[str, str]:
+def standard_headers(
+    secret: str, msg_id: str, body: bytes, when: datetime | None = None
+) -> dict[str, str]:
     """Signed by the `standardwebhooks` package: the independent reference."""
     when = when or datetime.now(UTC)
     signature = Webhook(secret).sign(msg_id, when, body.decode())
@@ -47,7 +49,9 @@ def post_standard(
     client: FlaskClient, slug: str, secret: str, event: dict[str, Any], msg_id: str, **kw: Any
 ) -> Any:
     body = json.dumps(event).encode()
-    return client.post(f"/hooks/{slug}", data=body, headers=standard_headers(secret, msg_id, body, **kw))
+    return client.post(
+        f"/hooks/{slug}", data=body, headers=standard_headers(secret, msg_id, body, **kw)
+    )
 
 
 def keap_url(slug: str, secret: str, command: str, **params: str) -> str:

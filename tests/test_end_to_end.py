@@ -28,7 +28,9 @@ def load_rules(text: str = RULES) -> None:
     db.session.commit()
 
 
-def test_genpass_snapshot_then_standard_tag_added_gives_access(app: Flask, client: FlaskClient) -> None:
+def test_genpass_snapshot_then_standard_tag_added_gives_access(
+    app: Flask, client: FlaskClient
+) -> None:
     load_rules()
     keap_secret = create_source("keap", "keap-http-post")
     std_secret = create_source("crm-bridge", "standard", crm="keap")
@@ -36,12 +38,20 @@ def test_genpass_snapshot_then_standard_tag_added_gives_access(app: Flask, clien
 
     r = client.post(
         keap_url("keap", keap_secret, "genpass"),
-        data={"contactId": "2729", "Email": "jane@example.com", "FirstName": "Jane", "Groups": "101"},
+        data={
+            "contactId": "2729",
+            "Email": "jane@example.com",
+            "FirstName": "Jane",
+            "Groups": "101",
+        },
     )
     assert r.status_code == 202, r.json
     r = post_standard(
-        client, "crm-bridge", std_secret,
-        {"type": "contact.tag_added", "contact": {"id": "2729"}, "tag": "205"}, "msg_1",
+        client,
+        "crm-bridge",
+        std_secret,
+        {"type": "contact.tag_added", "contact": {"id": "2729"}, "tag": "205"},
+        "msg_1",
     )
     assert r.status_code == 202, r.json
     run_worker(app)
@@ -50,7 +60,12 @@ def test_genpass_snapshot_then_standard_tag_added_gives_access(app: Flask, clien
     assert r.status_code == 200, r.json
     answer = r.json
     assert answer["groups"] == ["gold", "community"]
-    assert answer["permissions"] == ["course:gold", "page:public", "section:community", "section:courses"]
+    assert answer["permissions"] == [
+        "course:gold",
+        "page:public",
+        "section:community",
+        "section:courses",
+    ]
     assert answer["sections"] == ["community", "courses"]
     assert answer["landing"] == "community"
     statuses = {e.type: e.status for e in db.session.query(Event)}

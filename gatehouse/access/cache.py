@@ -54,13 +54,19 @@ def render(member_id: str, status: str, access: Access, version: int, now: datet
     return json.dumps(answer, separators=(",", ":")).encode()
 
 
-def compute(loaded: Sequence[LoadedMember], now: datetime | None = None) -> dict[str, tuple[int, bytes, Access]]:
+def compute(
+    loaded: Sequence[LoadedMember], now: datetime | None = None
+) -> dict[str, tuple[int, bytes, Access]]:
     now = now or utcnow()
     rules = active_rules()
     out = {}
     for member in loaded:
         access = evaluate(rules, member.state, now)
-        out[member.id] = (member.version, render(member.id, member.state.status, access, member.version, now), access)
+        out[member.id] = (
+            member.version,
+            render(member.id, member.state.status, access, member.version, now),
+            access,
+        )
     return out
 
 

@@ -11,7 +11,9 @@ import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 GOOD_STANDING = frozenset({"active", "trialing"})
-NAMESPACED = validate.Regexp(r"^[^:\s]+:\S+$", error="must be namespaced as 'crm:tag', e.g. keap:101")
+NAMESPACED = validate.Regexp(
+    r"^[^:\s]+:\S+$", error="must be namespaced as 'crm:tag', e.g. keap:101"
+)
 _name = validate.Length(min=1, max=128)
 
 
@@ -38,7 +40,9 @@ class GroupSchema(Schema):
     name = fields.String(required=True, validate=_name)
     tags = fields.Nested(TagCriteriaSchema, load_default=None)
     subscriptions = fields.Nested(SubscriptionCriteriaSchema, load_default=None)
-    grants = fields.List(fields.String(validate=_name), required=True, validate=validate.Length(min=1))
+    grants = fields.List(
+        fields.String(validate=_name), required=True, validate=validate.Length(min=1)
+    )
 
     @validates_schema
     def _has_criterion(self, data: dict[str, Any], **_: Any) -> None:
@@ -79,7 +83,9 @@ class RulesSchema(Schema):
         names = [g["name"] for g in data.get("groups", [])]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValidationError(f"group names must be unique; repeated: {', '.join(dupes)}", "groups")
+            raise ValidationError(
+                f"group names must be unique; repeated: {', '.join(dupes)}", "groups"
+            )
 
 
 class RulesError(ValueError):

@@ -25,7 +25,9 @@ def active_rules() -> Rules:
         return EMPTY_RULES
     cached = _rules_cache.get(row)
     if cached is None:
-        data = db.session.execute(select(AccessRules.rules).where(AccessRules.id == row)).scalar_one()
+        data = db.session.execute(
+            select(AccessRules.rules).where(AccessRules.id == row)
+        ).scalar_one()
         cached = Rules.from_dict(data, version=row)
         _rules_cache.clear()
         _rules_cache[row] = cached
@@ -53,7 +55,7 @@ def load_states(member_ids: Sequence[str]) -> list[LoadedMember]:
             Contact.member_id.in_(member_ids), Contact.state == "live"
         )
     ).all()
-    crm_of = {cid: (mid, crm) for cid, mid, crm in contacts}
+    crm_of: dict[int, tuple[str, str]] = {cid: (mid, crm) for cid, mid, crm in contacts}
     tags: dict[str, set[str]] = defaultdict(set)
     if crm_of:
         for contact_id, tag in db.session.execute(
@@ -72,7 +74,9 @@ def load_states(member_ids: Sequence[str]) -> list[LoadedMember]:
             Subscription.past_due_since,
         ).where(Subscription.member_id.in_(member_ids))
     ):
-        subs[mid].append(SubscriptionState(product=product, status=status, past_due_since=since))
+        subs[str(mid)].append(
+            SubscriptionState(product=product, status=status, past_due_since=since)
+        )
     return [
         LoadedMember(
             id=mid,
@@ -93,7 +97,5 @@ def state_as_dict(state: MemberState) -> dict[str, Any]:
         "status": state.status,
         "all_access": state.all_access,
         "tags": sorted(state.tags),
-        "subscriptions": [
-            {"product": s.product, "status": s.status} for s in state.subscriptions
-        ],
+        "subscriptions": [{"product": s.product, "status": s.status} for s in state.subscriptions],
     }

@@ -11,8 +11,8 @@ from sqlalchemy.orm import selectinload
 from gatehouse.access import cache
 from gatehouse.api.auth import require
 from gatehouse.extensions import db
-from gatehouse.models import Contact, Member, Subscription
 from gatehouse.handlers.tags import present_tags
+from gatehouse.models import Contact, Member, Subscription
 
 bp = Blueprint("api_members", __name__, url_prefix="/api")
 
@@ -88,13 +88,17 @@ def list_members() -> Any:
     email = request.args.get("email")
     contact = request.args.get("contact")
     if email:
-        members = db.session.execute(
-            select(Member)
-            .where(Member.email == email.strip())
-            .options(selectinload(Member.contacts))
-            .order_by(Member.id)
-            .limit(100)
-        ).scalars().all()
+        members = (
+            db.session.execute(
+                select(Member)
+                .where(Member.email == email.strip())
+                .options(selectinload(Member.contacts))
+                .order_by(Member.id)
+                .limit(100)
+            )
+            .scalars()
+            .all()
+        )
     elif contact:
         parsed = parse_contact(contact)
         if parsed is None:

@@ -35,7 +35,9 @@ def load(file: str) -> None:
     try:
         rules = parse_rules_text(text)
     except RulesError as exc:
-        lines = "\n".join(f"  {path}: {'; '.join(msgs)}" for path, msgs in sorted(exc.errors.items()))
+        lines = "\n".join(
+            f"  {path}: {'; '.join(msgs)}" for path, msgs in sorted(exc.errors.items())
+        )
         raise click.ClickException(f"{file} is not valid:\n{lines}") from None
     row = AccessRules(source_text=text, rules=rules)
     db.session.add(row)

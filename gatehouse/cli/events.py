@@ -9,7 +9,9 @@ events = AppGroup("events", help="The event inbox: sweep, list, show, replay.")
 
 
 @events.command("sweep")
-@click.option("--grace", type=int, default=None, help="seconds a queued event may wait (default from config)")
+@click.option(
+    "--grace", type=int, default=None, help="seconds a queued event may wait (default from config)"
+)
 def sweep(grace: int | None) -> None:
     """Queue every event the database holds but Redis does not."""
     result = run_sweep(grace_seconds=grace)

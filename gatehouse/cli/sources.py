@@ -23,16 +23,25 @@ def _fail(exc: Exception) -> click.ClickException:
 @click.option("--kind", required=True, help="standard, keap-http-post, stripe, hubspot, ghl, …")
 @click.option("--crm", default=None, help="namespace of contact ids and tags (default: the slug)")
 @click.option("--secret", default=None, help="the sender's signing secret (default: generate one)")
-@click.option("--public-key", "public_key_file", type=click.Path(dir_okay=False), default=None,
-              help="file with the sender's public key (ghl)")
-def add(slug: str, kind: str, crm: str | None, secret: str | None, public_key_file: str | None) -> None:
+@click.option(
+    "--public-key",
+    "public_key_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="file with the sender's public key (ghl)",
+)
+def add(
+    slug: str, kind: str, crm: str | None, secret: str | None, public_key_file: str | None
+) -> None:
     """Create a source and print the URL(s) to paste into the sender."""
     public_key = None
     if public_key_file:
         try:
             public_key = Path(public_key_file).read_text().strip()
         except OSError as exc:
-            raise click.ClickException(f"cannot read --public-key {public_key_file}: {exc.strerror}") from None
+            raise click.ClickException(
+                f"cannot read --public-key {public_key_file}: {exc.strerror}"
+            ) from None
     try:
         source, chosen = add_source(slug, kind, crm, secret, public_key)
         db.session.commit()
@@ -58,15 +67,23 @@ def list_() -> None:
     for s in rows:
         live = s.live_secrets(now)
         grace = [x for x in live if x.expires_at is not None]
-        note = f"{len(live)} live" + (f", {len(grace)} in grace until {min(x.expires_at for x in grace if x.expires_at):%Y-%m-%d %H:%M}Z" if grace else "")
+        note = f"{len(live)} live"
+        if grace:
+            until = min(x.expires_at for x in grace if x.expires_at)
+            note += f", {len(grace)} in grace until {until:%Y-%m-%d %H:%M}Z"
         click.echo(f"{s.slug:<24} {s.kind:<16} {s.crm:<16} {note}")
 
 
 @sources.command("rotate")
 @click.argument("slug")
 @click.option("--secret", default=None, help="the new secret (default: generate one)")
-@click.option("--grace-hours", default=24.0, show_default=True, type=float,
-              help="how long the old secret keeps working")
+@click.option(
+    "--grace-hours",
+    default=24.0,
+    show_default=True,
+    type=float,
+    help="how long the old secret keeps working",
+)
 def rotate(slug: str, secret: str | None, grace_hours: float) -> None:
     """Add a new secret; the old one keeps working for the grace period."""
     try:
@@ -74,7 +91,10 @@ def rotate(slug: str, secret: str | None, grace_hours: float) -> None:
         db.session.commit()
     except SourceError as exc:
         raise _fail(exc) from None
-    click.echo(f"Source {source.slug}: new secret active; old secret(s) work for {grace_hours:g} more hour(s).")
+    click.echo(
+        f"Source {source.slug}: new secret active; "
+        f"old secret(s) work for {grace_hours:g} more hour(s)."
+    )
     if secret is None:
         click.echo(f"New secret (shown once): {chosen}")
     click.echo("Webhook URL(s):")

@@ -13,14 +13,19 @@ from gatehouse.models import Contact, Member
 
 
 def _insert_contact(crm: str, contact_id: str) -> None:
-    table = Contact.__table__
     dialect = db.engine.dialect.name
-    values = {"crm": crm, "contact_id": contact_id, "state": "live", "state_key": "",
-              "profile_key": "", "revoked_key": ""}
+    values = {
+        "crm": crm,
+        "contact_id": contact_id,
+        "state": "live",
+        "state_key": "",
+        "profile_key": "",
+        "revoked_key": "",
+    }
     if dialect == "postgresql":
-        stmt: Any = postgresql.insert(table).values(values).on_conflict_do_nothing()
+        stmt: Any = postgresql.insert(Contact).values(values).on_conflict_do_nothing()
     else:
-        stmt = sqlite.insert(table).values(values).on_conflict_do_nothing()
+        stmt = sqlite.insert(Contact).values(values).on_conflict_do_nothing()
     db.session.execute(stmt)
 
 

@@ -108,7 +108,10 @@ def recompute_members(member_ids: list[str] | None = None) -> int:
         while True:
             chunk = list(
                 db.session.execute(
-                    select(Member.id).where(Member.id > last).order_by(Member.id).limit(RECOMPUTE_CHUNK)
+                    select(Member.id)
+                    .where(Member.id > last)
+                    .order_by(Member.id)
+                    .limit(RECOMPUTE_CHUNK)
                 ).scalars()
             )
             if not chunk:

@@ -7,11 +7,11 @@ from typing import Any
 from gatehouse.models import Event
 
 
-class Skip(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Skip(Exception):
     """Nothing to do for this event; the reason is kept on the event."""
 
 
-class Unmatched(Exception):  # noqa: N818
+class Unmatched(Exception):
     """The event names something no member is linked to yet; it is re-run when one is."""
 
 

@@ -23,7 +23,7 @@ def get_queue(app: Flask | None = None) -> Queue:
     if queue is None:
         queue = Queue(app.config["GATEHOUSE_QUEUE"], connection=redis_client.get(app))
         app.extensions["gatehouse.queue"] = queue
-    return queue  # type: ignore[no-any-return]
+    return queue
 
 
 def retry_policy(app: Flask | None = None) -> Retry | None:

@@ -43,7 +43,8 @@ def _job_states(client: redis.Redis, ids: list[str]) -> list[bytes | None]:
     with client.pipeline(transaction=False) as pipe:
         for event_id in ids:
             pipe.hget(f"rq:job:{event_id}", "status")
-        return pipe.execute()  # type: ignore[no-any-return]
+        states: list[bytes | None] = pipe.execute()
+        return states
 
 
 def sweep(app: Flask | None = None, *, grace_seconds: int | None = None) -> SweepResult:
@@ -98,7 +99,10 @@ def sweep(app: Flask | None = None, *, grace_seconds: int | None = None) -> Swee
             if to_queue:
                 db.session.execute(
                     update(Event)
-                    .where(Event.id.in_(to_queue), Event.status.in_(("received", "processing", "queued")))
+                    .where(
+                        Event.id.in_(to_queue),
+                        Event.status.in_(("received", "processing", "queued")),
+                    )
                     .values(status="queued")
                 )
                 db.session.commit()

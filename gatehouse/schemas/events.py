@@ -37,7 +37,9 @@ class ContactSchema(Schema):
 
     id = fields.String(required=True, validate=_id)
     email = fields.Email(load_default=None, allow_none=True, validate=validate.Length(max=320))
-    first_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
+    first_name = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(max=100)
+    )
     last_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
 
 

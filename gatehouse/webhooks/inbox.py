@@ -23,12 +23,16 @@ class Stored:
 def _insert_ignoring_duplicates(rows: list[dict[str, Any]]) -> Any:
     dialect = db.engine.dialect.name
     if dialect == "postgresql":
-        stmt: Any = postgresql.insert(Event).values(rows).on_conflict_do_nothing(
-            index_elements=["source_id", "external_id"]
+        stmt: Any = (
+            postgresql.insert(Event)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["source_id", "external_id"])
         )
     elif dialect == "sqlite":
-        stmt = sqlite.insert(Event).values(rows).on_conflict_do_nothing(
-            index_elements=["source_id", "external_id"]
+        stmt = (
+            sqlite.insert(Event)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["source_id", "external_id"])
         )
     else:  # pragma: no cover - other databases are not supported
         stmt = insert(Event).values(rows)
@@ -73,7 +77,7 @@ def store_events(
             .returning(Event.id, Event.external_id)
         )
         existing = {ext: eid for eid, ext in result}
-    ids = [inserted.get(r["external_id"]) or existing[r["external_id"]] for r in rows]
+    ids = [inserted.get(str(r["external_id"])) or existing[str(r["external_id"])] for r in rows]
     new_ids = [eid for ext, eid in inserted.items() if ext not in skipped]
     return Stored(ids=ids, new_ids=new_ids, duplicates=len(duplicates))
 

@@ -23,7 +23,7 @@ def _box(app: Flask) -> SecretBox:
     box = app.extensions.get("gatehouse.secretbox")
     if box is None:
         box = app.extensions["gatehouse.secretbox"] = SecretBox(app.config["SECRET_KEY"])
-    return box  # type: ignore[no-any-return]
+    return box
 
 
 def load_source(slug: str) -> tuple[SourceInfo, float | None] | None:

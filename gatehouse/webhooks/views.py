@@ -101,7 +101,8 @@ def receive(slug: str) -> Response | tuple[Response, int]:
             return handshake
         if media_type not in sender.media_types:
             raise UnsupportedMediaType(
-                f"{source.kind} takes {', '.join(sorted(m or '(none)' for m in sender.media_types))}"
+                f"{source.kind} takes "
+                + ", ".join(sorted(m or "(none)" for m in sender.media_types))
             )
 
         step = "verify"

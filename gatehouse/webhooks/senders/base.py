@@ -59,8 +59,9 @@ class Sender(Protocol):
 
     def parse(self, inbound: Inbound) -> Any: ...
 
-    def translate(self, parsed: Any, inbound: Inbound, source: SourceInfo) -> list[CanonicalEvent]:
-        ...
+    def translate(
+        self, parsed: Any, inbound: Inbound, source: SourceInfo
+    ) -> list[CanonicalEvent]: ...
 
 
 class BaseSender:

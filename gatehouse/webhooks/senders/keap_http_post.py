@@ -9,7 +9,13 @@ from itsdangerous import BadSignature, URLSafeSerializer
 
 from gatehouse.models.base import new_id
 from gatehouse.webhooks.errors import InvalidEvent, InvalidSignature, MalformedBody
-from gatehouse.webhooks.senders.base import BaseSender, CanonicalEvent, Inbound, SourceInfo, canonical
+from gatehouse.webhooks.senders.base import (
+    BaseSender,
+    CanonicalEvent,
+    Inbound,
+    SourceInfo,
+    canonical,
+)
 
 COMMANDS = ("genpass", "updateuser", "addtag", "removetag", "revoke")
 CONTACT_ID_FIELDS = ("contactid", "id", "contact0id")
@@ -69,9 +75,15 @@ class KeapHttpPostSender(BaseSender):
         form: dict[str, str] = parsed
         contact_id = next((form[f] for f in CONTACT_ID_FIELDS if form.get(f)), None)
         if contact_id is None:
-            raise InvalidEvent({"contactId": ["a contact id is required (contactId, Id or Contact0Id)"]})
+            raise InvalidEvent(
+                {"contactId": ["a contact id is required (contactId, Id or Contact0Id)"]}
+            )
         contact: dict[str, Any] = {"id": contact_id}
-        for form_name, name in (("email", "email"), ("firstname", "first_name"), ("lastname", "last_name")):
+        for form_name, name in (
+            ("email", "email"),
+            ("firstname", "first_name"),
+            ("lastname", "last_name"),
+        ):
             if form.get(form_name):
                 contact[name] = form[form_name]
         data: dict[str, Any] = {"contact": contact}

@@ -9,7 +9,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gatehouse.webhooks.errors import InvalidSignature, MalformedBody
-from gatehouse.webhooks.senders.base import BaseSender, CanonicalEvent, Inbound, SourceInfo, canonical
+from gatehouse.webhooks.senders.base import (
+    BaseSender,
+    CanonicalEvent,
+    Inbound,
+    SourceInfo,
+    canonical,
+)
 from gatehouse.webhooks.signatures import any_signature_matches, check_timestamp, hmac_sha256
 
 
