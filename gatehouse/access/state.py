@@ -55,7 +55,7 @@ def load_states(member_ids: Sequence[str]) -> list[LoadedMember]:
             Contact.member_id.in_(member_ids), Contact.state == "live"
         )
     ).all()
-    crm_of: dict[int, tuple[str, str]] = {cid: (mid, crm) for cid, mid, crm in contacts}
+    crm_of: dict[int, tuple[str, str]] = {cid: (str(mid), crm) for cid, mid, crm in contacts}
     tags: dict[str, set[str]] = defaultdict(set)
     if crm_of:
         for contact_id, tag in db.session.execute(
@@ -63,8 +63,8 @@ def load_states(member_ids: Sequence[str]) -> list[LoadedMember]:
                 ContactTag.contact_id.in_(list(crm_of)), ContactTag.present.is_(True)
             )
         ):
-            mid, crm = crm_of[contact_id]
-            tags[mid].add(f"{crm}:{tag}")
+            owner, crm = crm_of[contact_id]
+            tags[owner].add(f"{crm}:{tag}")
     subs: dict[str, list[SubscriptionState]] = defaultdict(list)
     for mid, product, status, since in db.session.execute(
         select(
