@@ -65,8 +65,11 @@ class SubscriptionSchema(Schema):
         ),
     )
     current_period_end = fields.AwareDateTime(load_default=None, allow_none=True)
+    # The provider's customer id (Stripe `cus_…`) and what may link it to a member.
     customer = fields.String(load_default=None, allow_none=True, validate=_id)
     email = fields.Email(load_default=None, allow_none=True)
+    # Which billing namespace the ids belong to; defaults to the source's crm.
+    provider = fields.String(load_default=None, allow_none=True, validate=_id)
 
 
 class CanonicalEventSchema(Schema):
