@@ -57,7 +57,10 @@ def main() -> int:
     procfile = ROOT / "instance" / "Procfile.run"
     procfile.parent.mkdir(exist_ok=True)
     procfile.write_text("\n".join(lines) + "\n")
-    honcho = str(Path(sys.executable).parent / "honcho")
+    bin_dir = Path(sys.executable).parent
+    # The Procfile names gunicorn and flask: make the venv's copies the ones found.
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    honcho = str(bin_dir / "honcho")
     os.execv(honcho, [honcho, "-d", str(ROOT), "-f", str(procfile), "start"])
     return 0  # pragma: no cover - exec does not return
 
