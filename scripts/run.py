@@ -34,6 +34,9 @@ def main() -> int:
         for line in (ROOT / "Procfile").read_text().splitlines()
         if line.split(":")[0] in ("web", "worker")
     ]
+    # honcho gives each process its own $PORT; locally the web answers where the README says.
+    port = env.get("GATEHOUSE_PORT") or "8000"
+    lines = [line.replace("${PORT:-8000}", port) for line in lines]
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
         print(f"Redis answers at {url}")
