@@ -68,3 +68,28 @@ def run_worker(app: Flask) -> None:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def load_fixture(provider: str, name: str) -> Any:
+    """A real-shaped payload from tests/fixtures/<provider>/<name>.json."""
+    from pathlib import Path
+
+    path = Path(__file__).parent / "fixtures" / provider / f"{name}.json"
+    return json.loads(path.read_text())
+
+
+def rq_job_keys(app: Flask) -> list[bytes]:
+    """Every RQ job hash in Redis: a refused request must leave none."""
+    from gatehouse.extensions import redis_client
+
+    return sorted(redis_client.get(app).keys("rq:job:*"))
+
+
+def event_count() -> int:
+    from sqlalchemy import func, select
+
+    from gatehouse.models import Event
+
+    count = db.session.execute(select(func.count()).select_from(Event)).scalar_one()
+    db.session.rollback()
+    return int(count)

@@ -33,7 +33,10 @@ def check_timestamp(raw: str | None, tolerance: int, *, millis: bool = False) ->
         value = int(raw.strip())
     except ValueError:
         raise InvalidSignature("timestamp is not an integer") from None
-    seconds = value / 1000 if millis else value
+    try:
+        seconds = value / 1000 if millis else float(value)
+    except OverflowError:
+        raise InvalidSignature(f"timestamp outside the {tolerance}s tolerance") from None
     if abs(time.time() - seconds) > tolerance:
         raise InvalidSignature(f"timestamp outside the {tolerance}s tolerance")
     return value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 from flask import Response
@@ -89,12 +89,23 @@ def canonical(
         event = load_canonical(data)
     except ValidationError as exc:
         messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        if field_prefix:
-            messages = {f"{field_prefix}{k}": v for k, v in messages.items()}
-        raise InvalidEvent(messages) from None
+        raise InvalidEvent(_prefixed(messages, field_prefix)) from None
     from gatehouse.schemas.events import CANONICAL_TYPES
 
+    nul = _fields_with_nul(event)
+    if nul:
+        # PostgreSQL text cannot hold NUL: storing would fail with a 503 the sender retries
+        # forever, so the event is refused as invalid instead.
+        raise InvalidEvent(
+            _prefixed({name: ["must not contain NUL characters"] for name in nul}, field_prefix)
+        )
     when = event.pop("occurred_at", None) or occurred_at
+    try:
+        when = when.astimezone(UTC)
+    except OverflowError:
+        # e.g. 0001-01-01T00:00:00+05:00: valid ISO 8601, but no UTC instant exists for it.
+        outside = {"occurred_at": ["is outside the range of representable times"]}
+        raise InvalidEvent(_prefixed(outside, field_prefix)) from None
     contact = event.get("contact")
     if contact is not None:
         contact["crm"] = crm
@@ -112,3 +123,22 @@ def canonical(
         skip_reason=skip,
         contact_key=f"{crm}:{contact['id']}" if contact else None,
     )
+
+
+def _prefixed(messages: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {f"{prefix}{k}": v for k, v in messages.items()} if prefix else messages
+
+
+def _fields_with_nul(value: Any, path: str = "") -> list[str]:
+    """Top-level field names whose value holds a NUL character anywhere inside it."""
+    if isinstance(value, str):
+        return [path] if "\x00" in value else []
+    if isinstance(value, dict):
+        found: list[str] = []
+        for key, item in value.items():
+            if _fields_with_nul(item, path or str(key)) or "\x00" in str(key):
+                found.append(path or str(key))
+        return sorted(set(found))
+    if isinstance(value, list | tuple):
+        return [path] if any(_fields_with_nul(item, path) for item in value) else []
+    return []

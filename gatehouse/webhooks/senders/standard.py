@@ -58,6 +58,9 @@ class StandardSender(BaseSender):
             return json.loads(inbound.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedBody(f"body is not JSON: {exc}") from None
+        except RecursionError:
+            # Nesting deeper than the interpreter's stack is not an event anyone sends.
+            raise MalformedBody("body is not JSON we accept: nested too deeply") from None
 
     def translate(self, parsed: Any, inbound: Inbound, source: SourceInfo) -> list[CanonicalEvent]:
         return [
