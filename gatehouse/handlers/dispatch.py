@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gatehouse.handlers import contact_events
+from gatehouse.handlers import billing, contact_events, merges
+from gatehouse.handlers.keap_fetch import fetch_contact
 from gatehouse.handlers.outcome import Assertion, Outcome
 from gatehouse.models import Event
 
@@ -18,4 +19,7 @@ HANDLERS: dict[str, Handler] = {
     "contact.tag_removed": contact_events.tag_removed,
     "contact.deleted": contact_events.deleted,
     "member.revoked": contact_events.revoked,
+    "subscription.updated": billing.subscription_updated,
+    "contact.merged": merges.merged,
+    "contact.fetch": fetch_contact,
 }
