@@ -134,3 +134,12 @@ class Subscription(Base):
     asserted_at: Mapped[datetime]
     assert_key: Mapped[str] = mapped_column(String(255))
     event_id: Mapped[str | None] = mapped_column(String(26))
+    # The status came from a final assertion (Stripe: canceled, incomplete_expired); it
+    # outranks every non-final one, whatever the order they arrive in.
+    final: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The newest assertion of a status other than past_due, and the past_due assertions
+    # newer than it ([[iso time, key], ...]): `past_due_since` is the earliest of those,
+    # so it does not depend on the order events arrive in.
+    good_at: Mapped[datetime | None]
+    good_key: Mapped[str] = mapped_column(String(255), default=EPOCH_KEY)
+    past_due_marks: Mapped[list[Any] | None]

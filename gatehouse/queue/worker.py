@@ -13,9 +13,11 @@ from typing import Any
 import redis
 from flask import Flask
 from rq.worker import SimpleWorker
+from sqlalchemy.exc import SQLAlchemyError
 
 from gatehouse.extensions import redis_client
 from gatehouse.queue.enqueue import get_queue
+from gatehouse.queue.grace import recompute_due
 from gatehouse.queue.sweep import sweep
 
 log = logging.getLogger("gatehouse.queue")
@@ -43,3 +45,7 @@ class GatehouseWorker(SimpleWorker):
             sweep(self.app)
         except redis.RedisError as exc:
             log.warning("sweep.failed", extra={"error": str(exc)})
+        try:
+            recompute_due(self.app)
+        except (redis.RedisError, SQLAlchemyError) as exc:
+            log.warning("grace.failed", extra={"error": str(exc)})

@@ -70,6 +70,14 @@ class SubscriptionSchema(Schema):
     email = fields.Email(load_default=None, allow_none=True)
     # Which billing namespace the ids belong to; defaults to the source's crm.
     provider = fields.String(load_default=None, allow_none=True, validate=_id)
+    # Hints that link a customer seen for the first time to a member (metadata on the
+    # provider's object): a contact as "crm:id" (or a bare id, used when unambiguous) and
+    # a Gatehouse member id.
+    contact_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 160))
+    member_id = fields.String(load_default=None, allow_none=True, validate=_id)
+    # The provider says this status can never change again (Stripe: canceled,
+    # incomplete_expired), so it outranks any non-final assertion whatever its time.
+    final = fields.Boolean(load_default=None, allow_none=True)
 
 
 class CanonicalEventSchema(Schema):
