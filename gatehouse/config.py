@@ -60,6 +60,10 @@ def load_settings(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "GATEHOUSE_SWEEP_INTERVAL": pick("GATEHOUSE_SWEEP_INTERVAL", env.int, 15),
         "GATEHOUSE_SWEEP_GRACE": pick("GATEHOUSE_SWEEP_GRACE", env.int, 30),
         "GATEHOUSE_LOG_LEVEL": pick("GATEHOUSE_LOG_LEVEL", env.str, "WARNING"),
+        "KEAP_API_BASE_URL": pick(
+            "KEAP_API_BASE_URL", env.str, "https://api.infusionsoft.com/crm/rest/v1"
+        ),
+        "KEAP_API_TOKEN": pick("KEAP_API_TOKEN", env.str, None),
     }
     if isinstance(settings["GATEHOUSE_RETRY_INTERVALS"], str):
         settings["GATEHOUSE_RETRY_INTERVALS"] = _intervals(settings["GATEHOUSE_RETRY_INTERVALS"])

@@ -13,6 +13,7 @@ from gatehouse.extensions import db
 from gatehouse.models import Event, Source, SourceSecret, utcnow
 from gatehouse.webhooks.senders import SENDERS
 from gatehouse.webhooks.senders.keap_http_post import COMMANDS, make_key
+from gatehouse.webhooks.senders.keap_rest_hook import hook_url_query
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -33,6 +34,8 @@ def hook_urls(source: Source, secret: str) -> list[str]:
     url = f"{base_url()}/hooks/{source.slug}"
     if source.kind == "keap-http-post":
         return [f"{url}?{cmd}={make_key(secret, source.slug, cmd)}" for cmd in COMMANDS]
+    if source.kind == "keap-rest-hook":
+        return [f"{url}?{hook_url_query(secret, source.slug)}"]
     return [url]
 
 

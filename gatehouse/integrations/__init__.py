@@ -1,0 +1,1 @@
+"""Clients for providers' APIs, each behind an interface."""
