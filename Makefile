@@ -39,3 +39,9 @@ lint: install-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+bench: install-dev
+	$(BIN)/python -m bench.run
+
+chaos: install-dev
+	$(BIN)/python -m bench.chaos

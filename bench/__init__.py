@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`) and the chaos run (`make chaos`) against real processes."""
