@@ -31,6 +31,8 @@ STATUS_BY_EVENT = {
     "subscription.churned": "canceled",
     "subscription.paused": "paused",
 }
+# A churned subscription has ended for good; a canceled one may still be reactivated.
+FINAL_EVENTS = frozenset({"subscription.churned"})
 STATUS_BY_VALUE = {
     "active": "active",
     "trialing": "trialing",
@@ -145,7 +147,13 @@ def _subscription(data: dict[str, Any], event_type: str) -> dict[str, Any]:
         "email": email or None,
         "current_period_end": data.get("current_period_end") or data.get("next_charge_at"),
     }
-    return {"type": "subscription.updated", "subscription": subscription}
+    if event_type in FINAL_EVENTS:
+        subscription["final"] = True
+    event: dict[str, Any] = {"type": "subscription.updated", "subscription": subscription}
+    if customer is not None:
+        # The subscriber is a contact of this CRM: billing links through it.
+        event["contact"] = {"id": customer}
+    return event
 
 
 TRANSLATORS: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
