@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -260,3 +261,18 @@ def test_end_to_end_snapshots_decide_the_members_tags_in_any_order(
     post(client, key, fixture_bytes("ghl", "ContactTagUpdate__legacy_no_webhook_id"))  # 12:00
     run_worker(app)
     assert member_by_contact(client, "ghl", CONTACT)["tags"] == ["ghl:gold"]
+
+
+def test_sources_add_reads_the_public_key_file_and_prints_the_url(
+    app: Flask, client: FlaskClient, tmp_path: Path
+) -> None:
+    private = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "ghl-public-key.pem"
+    key_file.write_text(pem(private) + "\n")
+    result = app.test_cli_runner().invoke(
+        args=["sources", "add", SLUG, "--kind", "ghl", "--public-key", str(key_file)]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"http://127.0.0.1:8000/hooks/{SLUG}" in result.output
+    assert "Secret" not in result.output
+    assert post(client, private, fixture_bytes("ghl", "ContactDelete__single")).status_code == 202
