@@ -47,6 +47,21 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(webhooks)
     app.register_blueprint(members)
     app.register_blueprint(health)
+    register_operations(app)
+
+
+def register_operations(app: Flask) -> None:
+    """Events API, admin page, metrics, audit log and request logs (issue 5)."""
+    from gatehouse import audit, metrics, request_log
+    from gatehouse.admin import bp as admin
+    from gatehouse.api.events import bp as api_events
+
+    metrics.init_app(app)
+    app.register_blueprint(api_events)
+    app.register_blueprint(admin)
+    app.register_blueprint(metrics.bp)
+    request_log.init_app(app)
+    audit.init_app(app)
 
 
 def register_error_handlers(app: Flask) -> None:

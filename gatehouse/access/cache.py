@@ -14,6 +14,7 @@ from datetime import datetime
 import redis
 from flask import Flask, current_app
 
+from gatehouse import metrics
 from gatehouse.access.rules import Access, evaluate
 from gatehouse.access.state import LoadedMember, active_rules, load_states
 from gatehouse.extensions import redis_client
@@ -102,6 +103,7 @@ def read_or_compute(member_id: str) -> bytes | None:
         cached = read(member_id)
     except redis.RedisError:
         cached = None
+    metrics.count_cache(hit=cached is not None)
     if cached is not None:
         return cached
     answers = compute(load_states([member_id]))

@@ -12,11 +12,12 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from gatehouse import metrics
 from gatehouse.access import cache
 from gatehouse.extensions import db
 from gatehouse.handlers.dispatch import HANDLERS
 from gatehouse.handlers.outcome import Assertion, Outcome, Skip, Unmatched
-from gatehouse.models import Event, Member, utcnow
+from gatehouse.models import Event, EventAttempt, Member, utcnow
 
 log = logging.getLogger("gatehouse.handlers")
 RECOMPUTE_CHUNK = 1000
@@ -44,6 +45,8 @@ def apply_event(event: Event) -> Outcome:
 
 def process_event(event_id: str) -> dict[str, Any]:
     started = time.perf_counter()
+    started_at = utcnow()
+    source, event_type = None, None
     try:
         claimed = db.session.execute(
             update(Event)
@@ -58,7 +61,20 @@ def process_event(event_id: str) -> dict[str, Any]:
         assert event is not None
         outcome = apply_event(event)
         status = event.status
+        source, event_type = metrics.source_slug(event.source_id), event.type
+        finished_at = event.processed_at or utcnow()
+        finished = (source, event_type, status, event.received_at, finished_at)
+        # In the transaction that finishes the event: no extra round trip per job.
+        db.session.add(
+            EventAttempt(
+                event_id=event_id,
+                number=event.attempts,
+                started_at=started_at,
+                finished_at=finished_at,
+            )
+        )
         db.session.commit()
+        metrics.count_finished(*finished)
         # After the commit: a crash here re-runs the job, which writes the cache again.
         cache.refresh(sorted(outcome.touched))
     except BaseException:
@@ -70,6 +86,8 @@ def process_event(event_id: str) -> dict[str, Any]:
         "job.processed",
         extra={
             "event_id": event_id,
+            "source": source,
+            "type": event_type,
             "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
         },
@@ -85,14 +103,42 @@ def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb:
     last_try = not job.retries_left
     error = f"{getattr(exc_type, '__name__', exc_type)}: {exc_value}"[:2000]
     try:
-        db.session.execute(
-            update(Event)
-            .where(Event.id == event_id)
-            .values(status="failed" if last_try else "queued", last_error=error)
-        )
+        record_failure(event_id, error, last_try, getattr(job, "started_at", None))
         db.session.commit()
     finally:
         db.session.remove()
+
+
+def record_failure(
+    event_id: str, error: str, last_try: bool, started_at: Any = None
+) -> None:
+    """Keep the error on the event and on its attempt; the caller commits."""
+    db.session.execute(
+        update(Event)
+        .where(Event.id == event_id)
+        .values(status="failed" if last_try else "queued", last_error=error)
+    )
+    event = db.session.get(Event, event_id)
+    if event is None:
+        return
+    now = utcnow()
+    # The attempt may already be recorded (the job failed after its commit, on the cache).
+    attempt = db.session.execute(
+        select(EventAttempt).where(
+            EventAttempt.event_id == event_id, EventAttempt.number == event.attempts
+        )
+    ).scalar_one_or_none()
+    if attempt is None:
+        if started_at is not None and started_at.tzinfo is None:
+            started_at = started_at.replace(tzinfo=now.tzinfo)
+        attempt = EventAttempt(
+            event_id=event_id, number=event.attempts, started_at=started_at or now
+        )
+        db.session.add(attempt)
+    attempt.finished_at, attempt.error = now, error
+    if last_try:
+        source = metrics.source_slug(event.source_id)
+        metrics.count_finished(source, event.type, "failed", event.received_at, now)
 
 
 def recompute_members(member_ids: list[str] | None = None) -> int:

@@ -1,8 +1,11 @@
 """SQLAlchemy 2 typed models. Model methods never commit: the caller owns the transaction."""
 
+from gatehouse.models.attempt import EventAttempt
+from gatehouse.models.audit import AuditEntry
 from gatehouse.models.base import Base, new_id, utcnow
 from gatehouse.models.event import FINAL_STATUSES, STATUSES, Event
 from gatehouse.models.member import Contact, ContactTag, Member, Subscription, TagSnapshot
+from gatehouse.models.replay import Replay
 from gatehouse.models.rules import AccessRules
 from gatehouse.models.source import Source, SourceSecret
 from gatehouse.models.token import ROLES, ApiToken
@@ -13,11 +16,14 @@ __all__ = [
     "STATUSES",
     "AccessRules",
     "ApiToken",
+    "AuditEntry",
     "Base",
     "Contact",
     "ContactTag",
     "Event",
+    "EventAttempt",
     "Member",
+    "Replay",
     "Source",
     "SourceSecret",
     "Subscription",

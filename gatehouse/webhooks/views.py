@@ -13,6 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from gatehouse import metrics
 from gatehouse.extensions import db
 from gatehouse.models import utcnow
 from gatehouse.queue import enqueue_events
@@ -126,6 +127,7 @@ def receive(slug: str) -> Response | tuple[Response, int]:
     try:
         stored = store_events(source, events, headers)
         db.session.commit()
+        metrics.count_received(slug, [e.type for e in events])
     except SQLAlchemyError:
         db.session.rollback()
         log.warning("webhook.store_failed", extra={"source": slug}, exc_info=True)
