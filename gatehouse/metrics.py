@@ -14,9 +14,17 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-import redis
-from flask import Blueprint, Flask, Response, current_app
-from prometheus_client import (
+from gatehouse.config import INSTANCE_DIR
+
+# Decided before prometheus-client is imported (it reads the variable once, on import):
+# web and worker processes started from this checkout then share one directory by default,
+# so /metrics also counts what the workers did. Set it explicitly in production.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(INSTANCE_DIR / "prometheus"))
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+import redis  # noqa: E402
+from flask import Blueprint, Flask, Response, current_app  # noqa: E402
+from prometheus_client import (  # noqa: E402
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
@@ -24,13 +32,13 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
-from rq.registry import ScheduledJobRegistry
-from sqlalchemy import select
+from prometheus_client.core import GaugeMetricFamily, Metric  # noqa: E402
+from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
+from rq.registry import ScheduledJobRegistry  # noqa: E402
+from sqlalchemy import select  # noqa: E402
 
-from gatehouse.extensions import db
-from gatehouse.models import Source
+from gatehouse.extensions import db  # noqa: E402
+from gatehouse.models import Source  # noqa: E402
 
 EVENTS_RECEIVED = Counter(
     "gatehouse_events_received", "Events stored from webhooks.", ["source", "type"]
@@ -120,6 +128,15 @@ class _Combined:
 
 
 def multiprocess_dir() -> str | None:
+    """The directory, if this process's metrics really are written there.
+
+    prometheus-client picks its mode once, on first import; if something imported it before
+    the variable was set, this process counts in memory and must answer from memory.
+    """
+    from prometheus_client import values
+
+    if values.ValueClass.__name__ != "MmapedValue":
+        return None
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
