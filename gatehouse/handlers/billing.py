@@ -148,7 +148,7 @@ def lock_subscription(provider: str, subscription_id: str) -> Subscription:
         "provider": provider,
         "subscription_id": subscription_id,
         "status": "incomplete",
-        "asserted_at": EPOCH.replace(tzinfo=None),
+        "asserted_at": EPOCH,
         "assert_key": "",
         "final": False,
         "good_key": "",

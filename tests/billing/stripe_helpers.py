@@ -86,3 +86,8 @@ def stripe_link(customer: str, crm: str = "stripe") -> str | None:
     return db.session.execute(
         select(Contact.member_id).where(Contact.crm == crm, Contact.contact_id == customer)
     ).scalar_one_or_none()
+
+
+def link_customer(member_id: str, customer: str, crm: str = "stripe") -> None:
+    db.session.add(Contact(crm=crm, contact_id=customer, member_id=member_id))
+    db.session.commit()
