@@ -53,7 +53,12 @@ def setup_member(app: Flask, client: FlaskClient) -> dict[str, str]:
     std_secret = create_source("bridge", "standard", crm="keap")
     r = client.post(
         keap_url("keap", keap_secret, "genpass"),
-        data={"contactId": "2729", "Email": "jane@example.com", "FirstName": "Jane", "Groups": "101"},
+        data={
+            "contactId": "2729",
+            "Email": "jane@example.com",
+            "FirstName": "Jane",
+            "Groups": "101",
+        },
     )
     assert r.status_code == 202, r.json
     run_worker(app)
