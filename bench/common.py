@@ -134,8 +134,10 @@ class Stack:
         self.procs: list[Proc] = []
         self._closed = False
         atexit.register(self.close)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.close()
@@ -151,6 +153,8 @@ class Stack:
         if self._closed:
             return
         self._closed = True
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
         for proc in reversed(self.procs):
             with contextlib.suppress(Exception):
                 proc.stop(5)

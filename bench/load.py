@@ -147,13 +147,15 @@ def run_wrk(port: int, file: Path, seconds: int, connections: int, threads: int 
 
 def post_all(
     port: int,
-    reqs: Sequence[Req],
+    reqs: Sequence[Req | Callable[[], Req]],
     concurrency: int = 8,
     rate: float | None = None,
     on_sent: Callable[[int], None] | None = None,
     retry_refused: float = 0.0,
 ) -> list[Answer | None]:
     """Send every request once (keep-alive, `concurrency` threads); `rate` paces the starts.
+
+    A callable is called at send time (signatures with a fresh timestamp, as a sender's retry).
 
     A request that cannot be sent (connection refused while a server restarts) is retried
     for `retry_refused` seconds, then recorded as None: not accepted.
@@ -175,7 +177,8 @@ def post_all(
                 delay = start + i / rate - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-            r = reqs[i]
+            item = reqs[i]
+            r = item() if callable(item) else item
             deadline = time.perf_counter() + retry_refused
             while True:
                 try:

@@ -1,0 +1,47 @@
+"""The chaos run, small: real processes, one worker SIGKILL, one Redis restart that loses its
+data, one gunicorn SIGKILL; every accepted event must take effect once, as the oracle says.
+
+It starts its own redis-server, gunicorn and workers (not the session's Redis): the point is
+to crash them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import chaos
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_small_chaos_run_loses_nothing_and_matches_the_oracle(tmp_path: Path) -> None:
+    output = tmp_path / "chaos.json"
+    status = chaos.main(
+        [
+            "--events",
+            "1000",
+            "--members",
+            "200",
+            "--kills",
+            "1",
+            "--seed",
+            "20261122",
+            "--drain-timeout",
+            "150",
+            "--output",
+            str(output),
+        ]
+    )
+    report = json.loads(output.read_text())
+    assert report["worker_kills"] == 1
+    assert report["redis_restarts"] == 1 and report["gunicorn_restarts"] == 1
+    assert report["posted"] >= 1000
+    assert report["accepted"] == report["posted"], report["answers"]
+    assert report["lost"] == 0, report["lost_events"]
+    assert report["doubled_effects"] == 0, report["doubled_detail"]
+    assert report["divergent"] == 0, report["divergent_members"]
+    assert report["mismatched_payloads"] == 0, report["mismatched_detail"]
+    assert status == 0
