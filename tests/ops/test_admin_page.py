@@ -1,0 +1,122 @@
+"""/admin with the Flask test client: login, logout, CSRF, and the pages an admin uses."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from gatehouse.extensions import db
+from gatehouse.models import ApiToken, AuditEntry, Event
+from tests.helpers import create_token, run_worker
+from tests.ops.scenario import failed_tag_event, setup_member
+
+
+def csrf(client: FlaskClient) -> str:
+    client.get("/admin/login")
+    with client.session_transaction() as s:
+        return str(s["csrf"])
+
+
+def login(client: FlaskClient, token: str) -> None:
+    r = client.post("/admin/login", data={"token": token, "csrf_token": csrf(client)})
+    assert r.status_code == 302, r.get_data(as_text=True)
+
+
+def test_pages_need_a_login(app: Flask, client: FlaskClient) -> None:
+    for path in ("/admin/events", "/admin/members", "/admin/audit", "/admin/events/x"):
+        r = client.get(path)
+        assert r.status_code == 302 and "/admin/login" in r.headers["Location"]
+
+
+def test_login_refuses_unknown_and_reader_tokens(app: Flask, client: FlaskClient) -> None:
+    reader = create_token("reader")
+    for token, message in [("nope-123", "not known"), (reader, "not an admin token")]:
+        r = client.post("/admin/login", data={"token": token, "csrf_token": csrf(client)})
+        assert r.status_code == 401 and message in r.get_data(as_text=True)
+        assert client.get("/admin/events").status_code == 302
+
+
+def test_login_then_logout(app: Flask, client: FlaskClient) -> None:
+    admin = create_token("admin", "ops")
+    login(client, admin)
+    page = client.get("/admin/events")
+    assert page.status_code == 200 and "signed in as ops" in page.get_data(as_text=True)
+    with client.session_transaction() as s:
+        assert admin not in str(dict(s))  # the cookie holds the name and hash, never the token
+    r = client.post("/admin/logout", data={"csrf_token": csrf(client)})
+    assert r.status_code == 302
+    assert client.get("/admin/events").status_code == 302
+    actions = [a for (a,) in db.session.query(AuditEntry.action).order_by(AuditEntry.id)]
+    assert actions == ["admin.login", "admin.logout"]
+
+
+def test_forms_without_the_csrf_token_are_refused(app: Flask, client: FlaskClient) -> None:
+    secrets = setup_member(app, client)
+    admin = create_token("admin")
+    event_id = failed_tag_event(app, client, secrets["std_secret"], "205", "m1")
+    assert client.post("/admin/login", data={"token": admin}).status_code == 400
+    login(client, admin)
+    for path, data in [
+        (f"/admin/events/{event_id}/replay", {}),
+        (f"/admin/events/{event_id}/replay", {"csrf_token": "forged"}),
+        ("/admin/events/replay", {"status": "failed"}),
+        ("/admin/logout", {}),
+    ]:
+        r = client.post(path, data=data)
+        assert r.status_code == 400, path
+    db.session.expire_all()
+    assert db.session.get(Event, event_id).status == "failed"  # type: ignore[union-attr]
+    assert client.get("/admin/events").status_code == 200  # still logged in
+
+
+def test_removing_the_token_ends_its_sessions(app: Flask, client: FlaskClient) -> None:
+    login(client, create_token("admin", "temp"))
+    assert client.get("/admin/events").status_code == 200
+    db.session.query(ApiToken).filter_by(name="temp").delete()
+    db.session.commit()
+    assert client.get("/admin/events").status_code == 302
+
+
+def test_find_preview_and_replay_a_failed_event_from_the_page(
+    app: Flask, client: FlaskClient
+) -> None:
+    secrets = setup_member(app, client)
+    admin = create_token("admin", "ops")
+    event_id = failed_tag_event(app, client, secrets["std_secret"], "205", "m1")
+    login(client, admin)
+
+    listing = client.get("/admin/events?status=failed&contact=keap:2729").get_data(as_text=True)
+    assert event_id in listing and "HandlerBug" in listing
+    token = csrf(client)
+    preview = client.post(f"/admin/events/{event_id}/preview", data={"csrf_token": token})
+    text = preview.get_data(as_text=True)
+    assert preview.status_code == 200 and "section:community" in text and "Replay now" in text
+    db.session.expire_all()
+    assert db.session.get(Event, event_id).status == "failed"  # type: ignore[union-attr]
+
+    r = client.post(f"/admin/events/{event_id}/replay", data={"csrf_token": token})
+    assert r.status_code == 302
+    run_worker(app)
+    detail = client.get(f"/admin/events/{event_id}").get_data(as_text=True)
+    assert 'id="event-status">processed' in detail
+    member = client.get("/admin/members?q=keap:2729").get_data(as_text=True)
+    assert "section:community" in member and "jane@example.com" in member
+    audit = client.get("/admin/audit").get_data(as_text=True)
+    assert "event.replay.preview" in audit and "event.replay" in audit and "ops" in audit
+
+
+def test_bulk_replay_from_the_page_shows_progress(app: Flask, client: FlaskClient) -> None:
+    secrets = setup_member(app, client)
+    login(client, create_token("admin"))
+    failed_tag_event(app, client, secrets["std_secret"], "205", "m1")
+    failed_tag_event(app, client, secrets["std_secret"], "300", "m2")
+    token = csrf(client)
+    preview = client.post(
+        "/admin/events/replay-preview", data={"status": "failed", "csrf_token": token}
+    ).get_data(as_text=True)
+    assert "2 event(s) would be replayed" in preview
+    r = client.post("/admin/events/replay", data={"status": "failed", "csrf_token": token})
+    assert r.status_code == 302 and "/admin/replays/" in r.headers["Location"]
+    run_worker(app)
+    page = client.get(r.headers["Location"]).get_data(as_text=True)
+    assert 'id="replay-status">finished' in page and "<dd>2</dd>" in page
