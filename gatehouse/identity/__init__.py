@@ -1,0 +1,1 @@
+"""Identity maintenance: the contact-hygiene report, repair by email, admin member actions."""
