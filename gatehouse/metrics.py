@@ -61,19 +61,12 @@ CACHE_READS = Counter(
     "gatehouse_access_cache_reads", "Access answers read, by cache result.", ["result"]
 )
 
-_slugs: dict[int, str] = {}
-
-
 def source_slug(source_id: int) -> str:
-    """Slugs never change for an id, so one lookup per process is enough."""
-    slug = _slugs.get(source_id)
-    if slug is None:
-        found = db.session.execute(
-            select(Source.slug).where(Source.id == source_id)
-        ).scalar_one_or_none()
-        slug = found or str(source_id)
-        _slugs[source_id] = slug
-    return slug
+    """Looked up each time (a primary-key read): a cache could outlive a removed source."""
+    found = db.session.execute(
+        select(Source.slug).where(Source.id == source_id)
+    ).scalar_one_or_none()
+    return found or str(source_id)
 
 
 def count_received(source: str, types: list[str]) -> None:

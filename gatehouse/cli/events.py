@@ -137,7 +137,9 @@ def replay(event_id: str | None, dry_run: bool, wait: bool, **raw: str | None) -
         if dry_run:
             _print_preview(preview(event_ids=[event_id]))
             return
-        if not replay_one(event):
+        queued = replay_one(event)
+        db.session.rollback()
+        if not queued:
             raise _redis_advice(RuntimeError("the job could not be queued"))
         click.echo(f"Queued {event_id} again; a worker will run it.")
         return
@@ -153,11 +155,13 @@ def replay(event_id: str | None, dry_run: bool, wait: bool, **raw: str | None) -
         started = start_bulk(filters, "cli")
     except ReplayUnavailable as exc:
         raise _redis_advice(exc) from exc
-    click.echo(f"Replay {started.id}: {started.matched} event(s) matched.")
-    if not wait or not started.matched:
-        click.echo(f"Progress: GET /api/replays/{started.id}")
+    replay_id, matched = started.id, started.matched
+    # Reading after the commit opened a transaction: on SQLite that holds the write lock.
+    db.session.rollback()
+    click.echo(f"Replay {replay_id}: {matched} event(s) matched.")
+    if not wait or not matched:
+        click.echo(f"Progress: GET /api/replays/{replay_id}")
         return
-    replay_id = started.id
     while True:
         db.session.rollback()
         current = db.session.get(Replay, replay_id)

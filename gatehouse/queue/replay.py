@@ -230,6 +230,7 @@ def preview(filters: EventFilter | None = None, event_ids: Sequence[str] = ()) -
     finally:
         db.session.rollback()
     before = _permissions_now(sorted(touched))
+    db.session.rollback()  # only reads since the rollback above; end them, locks included
     changes = []
     for member_id in sorted(touched):
         was, will = before.get(member_id, set()), after.get(member_id, set())
