@@ -151,7 +151,7 @@ def in_order(specs: list[Spec]) -> list[int]:
 
 
 @settings(
-    max_examples=30,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
