@@ -40,6 +40,7 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
+    from gatehouse.api.admin_members import bp as admin_members
     from gatehouse.api.health import bp as health
     from gatehouse.api.members import bp as members
     from gatehouse.webhooks.views import bp as webhooks
@@ -47,6 +48,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(webhooks)
     app.register_blueprint(members)
     app.register_blueprint(health)
+    app.register_blueprint(admin_members)
     register_operations(app)
 
 

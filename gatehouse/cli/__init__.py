@@ -8,9 +8,10 @@ from flask import Flask
 def register(app: Flask) -> None:
     from gatehouse.cli.access import access
     from gatehouse.cli.events import events
+    from gatehouse.cli.members import members
     from gatehouse.cli.sources import sources
     from gatehouse.cli.tokens import tokens
     from gatehouse.cli.worker import worker
 
-    for group in (sources, tokens, access, events, worker):
+    for group in (sources, tokens, access, events, worker, members):
         app.cli.add_command(group)

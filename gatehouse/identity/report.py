@@ -235,3 +235,8 @@ def build_report(now: datetime | None = None) -> Report:
         unmatched_billing_events=unmatched,
         unmatched_total=total,
     )
+
+
+def report_json(now: datetime | None = None) -> dict[str, Any]:
+    """The report as JSON-ready data (the CLI's --json and the admin page)."""
+    return build_report(now).as_dict()
