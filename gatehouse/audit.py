@@ -76,7 +76,15 @@ def _after(response: Response) -> Response:
     return response
 
 
+def _reset() -> None:
+    # `g` lives as long as the app context, which a request may share (tests, CLI-driven
+    # calls): who acted and what they did must never carry over to the next request.
+    for name in ("audit_action", "audit_target", "audit_detail", "token_name", "token_role"):
+        g.pop(name, None)
+
+
 def init_app(app: Flask) -> None:
+    app.before_request(_reset)
     app.after_request(_after)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
@@ -70,7 +71,14 @@ def post_tag(client: FlaskClient, secret: str, tag: str, msg_id: str, contact: s
         client,
         "bridge",
         secret,
-        {"type": "contact.tag_added", "contact": {"id": contact}, "tag": tag},
+        # Its own clock, after the genpass: a webhook-timestamp is whole seconds, and a tag
+        # signed in the same second as the genpass snapshot could sort before it.
+        {
+            "type": "contact.tag_added",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "contact": {"id": contact},
+            "tag": tag,
+        },
         msg_id,
     )
     assert r.status_code == 202, r.json
