@@ -7,13 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import select
 
 from gatehouse.access.rules import EMPTY_RULES, MemberState, Rules, SubscriptionState
 from gatehouse.extensions import db
 from gatehouse.models import AccessRules, Contact, ContactTag, Member, Subscription
-
-_rules_cache: dict[int, Rules] = {}
 
 
 def active_rules() -> Rules:
@@ -23,14 +22,16 @@ def active_rules() -> Rules:
     ).scalar_one_or_none()
     if row is None:
         return EMPTY_RULES
-    cached = _rules_cache.get(row)
+    # Per app, not per module: each app (each test's database) numbers its rules from 1.
+    cache: dict[int, Rules] = current_app.extensions.setdefault("gatehouse.rules", {})
+    cached = cache.get(row)
     if cached is None:
         data = db.session.execute(
             select(AccessRules.rules).where(AccessRules.id == row)
         ).scalar_one()
         cached = Rules.from_dict(data, version=row)
-        _rules_cache.clear()
-        _rules_cache[row] = cached
+        cache.clear()
+        cache[row] = cached
     return cached
 
 

@@ -13,7 +13,6 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from gatehouse.access.rules import parse_rules_text
-from gatehouse.access.state import _rules_cache
 from gatehouse.extensions import db
 from gatehouse.models import AccessRules, Contact, Member
 
@@ -31,9 +30,6 @@ groups:
 
 
 def load_rules(text: str = RULES) -> None:
-    # The parsed-rules cache is per process and keyed by row id; every test database starts
-    # at id 1, so a previous test's rules would be served without this.
-    _rules_cache.clear()
     db.session.add(AccessRules(source_text=text, rules=parse_rules_text(text)))
     db.session.commit()
 

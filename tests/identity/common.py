@@ -13,7 +13,6 @@ from sqlalchemy import select
 
 from gatehouse.access import cache
 from gatehouse.access.rules import parse_rules_text
-from gatehouse.access.state import _rules_cache
 from gatehouse.extensions import db
 from gatehouse.models import AccessRules, Contact, Member
 from tests.helpers import create_source, post_standard, run_worker
@@ -37,9 +36,6 @@ groups:
 
 
 def load_rules(text: str = RULES) -> None:
-    # The parsed-rules cache is per process and keyed by row id, which restarts at 1 in each
-    # test's fresh database: forget it so an earlier test's rules are not reused.
-    _rules_cache.clear()
     db.session.add(AccessRules(source_text=text, rules=parse_rules_text(text)))
     db.session.commit()
 
