@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -494,3 +495,20 @@ def test_batch_with_the_same_message_twice_in_quick_succession_stays_one_row(
     assert len(rq_job_keys(app)) == 1
     assert db.session.execute(select(Source.slug)).scalars().all() == [SLUG]
     assert redis_client.get(app).ping()
+
+
+def test_lone_surrogate_escape_answers_422_not_a_server_error(
+    app: Flask, client: FlaskClient, secret: str
+) -> None:
+    # Valid JSON, but no UTF-8 text: neither database can store it.
+    body = (
+        (Path(__file__).parent.parent / "fixtures/standard/contact.updated__lone_surrogate.json")
+        .read_bytes()
+    )
+    r = client.post(
+        f"/hooks/{SLUG}", data=body, headers=standard_headers(secret, "msg_surrogate", body)
+    )
+
+    assert r.status_code == 422, r.json
+    assert list(r.json["detail"]) == ["contact"]
+    assert_nothing_stored(app)

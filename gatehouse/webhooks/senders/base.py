@@ -92,13 +92,12 @@ def canonical(
         raise InvalidEvent(_prefixed(messages, field_prefix)) from None
     from gatehouse.schemas.events import CANONICAL_TYPES
 
-    nul = _fields_with_nul(event)
-    if nul:
-        # PostgreSQL text cannot hold NUL: storing would fail with a 503 the sender retries
-        # forever, so the event is refused as invalid instead.
-        raise InvalidEvent(
-            _prefixed({name: ["must not contain NUL characters"] for name in nul}, field_prefix)
-        )
+    unstorable = _unstorable_fields(event)
+    if unstorable:
+        # Storing would fail (PostgreSQL text holds no NUL; neither database takes a lone
+        # surrogate): answering 503 would have the sender retry a poison event forever.
+        message = ["must be UTF-8 text without NUL characters"]
+        raise InvalidEvent(_prefixed({name: message for name in unstorable}, field_prefix))
     when = event.pop("occurred_at", None) or occurred_at
     try:
         when = when.astimezone(UTC)
@@ -129,16 +128,26 @@ def _prefixed(messages: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {f"{prefix}{k}": v for k, v in messages.items()} if prefix else messages
 
 
-def _fields_with_nul(value: Any, path: str = "") -> list[str]:
-    """Top-level field names whose value holds a NUL character anywhere inside it."""
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape
+        return False
+    return True
+
+
+def _unstorable_fields(value: Any, path: str = "") -> list[str]:
+    """Top-level field names holding text no database can store (NUL, lone surrogates)."""
     if isinstance(value, str):
-        return [path] if "\x00" in value else []
+        return [] if _storable(value) else [path]
     if isinstance(value, dict):
         found: list[str] = []
         for key, item in value.items():
-            if _fields_with_nul(item, path or str(key)) or "\x00" in str(key):
+            if _unstorable_fields(item, path or str(key)) or not _storable(str(key)):
                 found.append(path or str(key))
         return sorted(set(found))
     if isinstance(value, list | tuple):
-        return [path] if any(_fields_with_nul(item, path) for item in value) else []
+        return [path] if any(_unstorable_fields(item, path) for item in value) else []
     return []
