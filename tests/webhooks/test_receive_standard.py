@@ -436,7 +436,7 @@ def _fail_event_inserts() -> None:
     else:
         db.session.execute(
             text(
-                "CREATE FUNCTION refuse_events() RETURNS trigger AS $$ "
+                "CREATE OR REPLACE FUNCTION refuse_events() RETURNS trigger AS $$ "
                 "BEGIN RAISE EXCEPTION 'disk I/O error'; END $$ LANGUAGE plpgsql"
             )
         )
@@ -453,16 +453,19 @@ def test_store_failure_answers_503_with_retry_after_and_queues_nothing(
     app: Flask, client: FlaskClient, secret: str
 ) -> None:
     _fail_event_inserts()
-
-    r = post_standard(client, SLUG, secret, tags_set(), "msg_503")
+    try:
+        r = post_standard(client, SLUG, secret, tags_set(), "msg_503")
+    finally:
+        db.session.rollback()
+        if db.engine.dialect.name == "postgresql":
+            # Functions outlive the tables each test drops.
+            db.session.execute(text("DROP FUNCTION refuse_events() CASCADE"))
+            db.session.commit()
 
     assert r.status_code == 503
     assert r.json["error"] == "unavailable"
     assert int(r.headers["Retry-After"]) > 0
     assert rq_job_keys(app) == []
-    if db.engine.dialect.name == "postgresql":
-        db.session.execute(text("DROP FUNCTION refuse_events() CASCADE"))
-        db.session.commit()
 
 
 def test_database_that_does_not_answer_gives_503_with_retry_after(
