@@ -366,3 +366,19 @@ def test_store_failure_answers_503_with_retry_after(
     assert r.json["error"] == "unavailable"
     assert int(r.headers["Retry-After"]) > 0
     assert rq_job_keys(app) == []
+
+
+def test_keys_never_appear_in_logs(
+    app: Flask, client: FlaskClient, secret: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = make_key(secret, SLUG, "genpass")
+    wrong_command = f"/hooks/{SLUG}?revoke={good}"
+    with caplog.at_level("DEBUG"):
+        client.post(keap_url(SLUG, secret, "genpass"), data=form())
+        client.post(wrong_command, data=form())
+        client.post(f"/hooks/{SLUG}?genpass={good}x", data=form())
+
+    logged = " ".join(str(vars(record)) for record in caplog.records)
+    assert caplog.records  # the requests were logged at all
+    assert good not in logged
+    assert secret not in logged
