@@ -43,12 +43,14 @@ def register_blueprints(app: Flask) -> None:
     from gatehouse.api.admin_members import bp as admin_members
     from gatehouse.api.health import bp as health
     from gatehouse.api.members import bp as members
+    from gatehouse.openapi import bp as openapi
     from gatehouse.webhooks.views import bp as webhooks
 
     app.register_blueprint(webhooks)
     app.register_blueprint(members)
     app.register_blueprint(health)
     app.register_blueprint(admin_members)
+    app.register_blueprint(openapi)
     register_operations(app)
 
 
