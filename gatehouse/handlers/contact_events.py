@@ -138,6 +138,12 @@ def revoked(event: Event, when: Assertion, outcome: Outcome) -> None:
 
 
 def deleted(event: Event, when: Assertion, outcome: Outcome) -> None:
+    data: dict[str, Any] = event.payload["contact"]
+    named = lock_contact(data["crm"], data["id"], follow_aliases=False)
+    if named is not None and named.state == "merged":
+        # The CRM deletes the merged-away record as part of a merge (Keap does): that
+        # deletion is about the alias, never about the surviving contact.
+        raise Skip(f"contact {named.key} was merged away; its deletion changes nothing")
     contact, member = _open(event, when)
     if contact.state == "live" and when.newer_than(contact.state_at, contact.state_key):
         contact.state = "deleted"

@@ -29,8 +29,11 @@ def _insert_contact(crm: str, contact_id: str) -> None:
     db.session.execute(stmt)
 
 
-def lock_contact(crm: str, contact_id: str, *, create: bool = True) -> Contact | None:
-    """The contact row, locked for this transaction; a merged-away id resolves to its survivor.
+def lock_contact(
+    crm: str, contact_id: str, *, create: bool = True, follow_aliases: bool = True
+) -> Contact | None:
+    """The contact row, locked for this transaction; a merged-away id resolves to its survivor
+    (unless `follow_aliases` is off: then the named row itself).
 
     Locking the contact (and then its member) serializes all work on one member: two
     workers never interleave updates to it.
@@ -45,7 +48,7 @@ def lock_contact(crm: str, contact_id: str, *, create: bool = True) -> Contact |
             query.with_for_update().execution_options(populate_existing=True)
         ).scalar_one()
     seen = {contact.id}
-    while contact.state == "merged" and contact.merged_into_id is not None:
+    while follow_aliases and contact.state == "merged" and contact.merged_into_id is not None:
         survivor = db.session.execute(
             select(Contact).where(Contact.id == contact.merged_into_id).with_for_update()
         ).scalar_one()

@@ -10,6 +10,7 @@ from gatehouse.extensions import db
 from gatehouse.handlers.jobs import process_event
 from gatehouse.models import Event, Member, Subscription
 from tests.conftest import table_counts
+from tests.helpers import create_source, post_standard, run_worker
 from tests.identity.common import (
     T0,
     Crm,
@@ -215,3 +216,48 @@ def test_merge_naming_no_known_member_keeps_the_aliases(app: Flask, client: Flas
     from gatehouse.handlers.tags import present_tags
 
     assert present_tags(contact("hubspot", "1")) == ["101"]
+
+
+def test_late_deletion_of_a_merged_away_id_leaves_the_survivor_live(
+    app: Flask, client: FlaskClient
+) -> None:
+    """Keap deletes the merged-away contact after a merge; that delete must not hit the survivor."""
+    from gatehouse.models import Contact
+
+    secret = create_source("crm", "standard", crm="keap")
+    post_standard(
+        client,
+        "crm",
+        secret,
+        {
+            "type": "member.provision",
+            "occurred_at": "2026-11-22T10:00:00Z",
+            "contact": {"id": "1", "email": "ann@example.com"},
+            "tags": ["101"],
+        },
+        "p1",
+    )
+    post_standard(
+        client,
+        "crm",
+        secret,
+        {
+            "type": "contact.merged",
+            "occurred_at": "2026-11-22T10:01:00Z",
+            "contact": {"id": "1"},
+            "merged_ids": ["2"],
+        },
+        "m1",
+    )
+    post_standard(
+        client,
+        "crm",
+        secret,
+        {"type": "contact.deleted", "occurred_at": "2026-11-22T10:02:00Z", "contact": {"id": "2"}},
+        "d1",
+    )
+    run_worker(app)
+    states = {c.contact_id: c.state for c in db.session.query(Contact)}
+    assert states == {"1": "live", "2": "merged"}
+    deletion = db.session.query(Event).filter_by(external_id="d1").one()
+    assert deletion.status == "skipped" and "merged away" in (deletion.reason or "")
