@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from flask import Response
 from marshmallow import ValidationError
 
 from gatehouse.schemas.events import load_canonical
-from gatehouse.webhooks.errors import InvalidEvent
+from gatehouse.webhooks.errors import InvalidEvent, MalformedBody
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,17 @@ class Sender(Protocol):
     def translate(
         self, parsed: Any, inbound: Inbound, source: SourceInfo
     ) -> list[CanonicalEvent]: ...
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON, or MalformedBody (400): never an exception that would answer 500."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedBody(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        # Nesting deeper than the interpreter's stack (e.g. 100k '[') is no one's event.
+        raise MalformedBody("body is not JSON we accept: nested too deeply") from None
 
 
 class BaseSender:

@@ -7,18 +7,18 @@ with the ClickFunnels contact as the customer, in the source's namespace.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from gatehouse.webhooks.errors import InvalidEvent, InvalidSignature, MalformedBody
+from gatehouse.webhooks.errors import InvalidEvent, InvalidSignature
 from gatehouse.webhooks.senders.base import (
     BaseSender,
     CanonicalEvent,
     Inbound,
     SourceInfo,
     canonical,
+    parse_json,
 )
 from gatehouse.webhooks.signatures import any_signature_matches, check_timestamp, hmac_sha256
 
@@ -208,10 +208,7 @@ class ClickFunnelsSender(BaseSender):
             raise InvalidSignature("X-Webhook-ClickFunnels-Signature does not match")
 
     def parse(self, inbound: Inbound) -> Any:
-        try:
-            return json.loads(inbound.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedBody(f"body is not JSON: {exc}") from None
+        return parse_json(inbound.body)
 
     def translate(self, parsed: Any, inbound: Inbound, source: SourceInfo) -> list[CanonicalEvent]:
         if not isinstance(parsed, dict):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -21,13 +20,14 @@ from cryptography.exceptions import InvalidSignature as CryptoInvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from gatehouse.webhooks.errors import InvalidEvent, InvalidSignature, MalformedBody
+from gatehouse.webhooks.errors import InvalidEvent, InvalidSignature
 from gatehouse.webhooks.senders.base import (
     BaseSender,
     CanonicalEvent,
     Inbound,
     SourceInfo,
     canonical,
+    parse_json,
 )
 
 log = logging.getLogger("gatehouse.webhooks")
@@ -184,10 +184,7 @@ class GhlSender(BaseSender):
         raise InvalidSignature("X-GHL-Signature does not match")
 
     def parse(self, inbound: Inbound) -> Any:
-        try:
-            return json.loads(inbound.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedBody(f"body is not JSON: {exc}") from None
+        return parse_json(inbound.body)
 
     def translate(self, parsed: Any, inbound: Inbound, source: SourceInfo) -> list[CanonicalEvent]:
         if not isinstance(parsed, dict):

@@ -12,18 +12,18 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from gatehouse.webhooks.errors import InvalidEvent, InvalidSignature, MalformedBody
+from gatehouse.webhooks.errors import InvalidEvent, InvalidSignature
 from gatehouse.webhooks.senders.base import (
     BaseSender,
     CanonicalEvent,
     Inbound,
     SourceInfo,
     canonical,
+    parse_json,
 )
 from gatehouse.webhooks.signatures import any_signature_matches, check_timestamp, hmac_sha256
 
@@ -180,10 +180,7 @@ class HubSpotSender(BaseSender):
             raise InvalidSignature("X-HubSpot-Signature does not match")
 
     def parse(self, inbound: Inbound) -> Any:
-        try:
-            return json.loads(inbound.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedBody(f"body is not JSON: {exc}") from None
+        return parse_json(inbound.body)
 
     def translate(self, parsed: Any, inbound: Inbound, source: SourceInfo) -> list[CanonicalEvent]:
         if not isinstance(parsed, list):

@@ -11,20 +11,20 @@ Payloads name contacts by id only. A `contact.add|edit` becomes an internal
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from flask import Response
 
-from gatehouse.webhooks.errors import InvalidEvent, InvalidSignature, MalformedBody
+from gatehouse.webhooks.errors import InvalidEvent, InvalidSignature
 from gatehouse.webhooks.senders.base import (
     BaseSender,
     CanonicalEvent,
     Inbound,
     SourceInfo,
     canonical,
+    parse_json,
 )
 from gatehouse.webhooks.senders.keap_http_post import make_key, verify_key
 
@@ -106,10 +106,7 @@ class KeapRestHookSender(BaseSender):
         self._check_key(inbound, source)
 
     def parse(self, inbound: Inbound) -> Any:
-        try:
-            return json.loads(inbound.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedBody(f"body is not JSON: {exc}") from None
+        return parse_json(inbound.body)
 
     def translate(self, parsed: Any, inbound: Inbound, source: SourceInfo) -> list[CanonicalEvent]:
         if not isinstance(parsed, dict):

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from datetime import UTC, datetime
 from typing import Any
 
-from gatehouse.webhooks.errors import InvalidSignature, MalformedBody
+from gatehouse.webhooks.errors import InvalidSignature
 from gatehouse.webhooks.senders.base import (
     BaseSender,
     CanonicalEvent,
     Inbound,
     SourceInfo,
     canonical,
+    parse_json,
 )
 from gatehouse.webhooks.signatures import any_signature_matches, check_timestamp, hmac_sha256
 
@@ -54,13 +54,7 @@ class StandardSender(BaseSender):
             raise InvalidSignature("signature does not match")
 
     def parse(self, inbound: Inbound) -> Any:
-        try:
-            return json.loads(inbound.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedBody(f"body is not JSON: {exc}") from None
-        except RecursionError:
-            # Nesting deeper than the interpreter's stack is not an event anyone sends.
-            raise MalformedBody("body is not JSON we accept: nested too deeply") from None
+        return parse_json(inbound.body)
 
     def translate(self, parsed: Any, inbound: Inbound, source: SourceInfo) -> list[CanonicalEvent]:
         return [

@@ -8,18 +8,18 @@ and handlers keep the newest (see gatehouse/handlers/billing.py).
 from __future__ import annotations
 
 import binascii
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from gatehouse.webhooks.errors import InvalidEvent, InvalidSignature, MalformedBody
+from gatehouse.webhooks.errors import InvalidEvent, InvalidSignature
 from gatehouse.webhooks.senders.base import (
     BaseSender,
     CanonicalEvent,
     Inbound,
     SourceInfo,
     canonical,
+    parse_json,
 )
 from gatehouse.webhooks.signatures import any_signature_matches, check_timestamp, hmac_sha256
 
@@ -279,10 +279,7 @@ class StripeSender(BaseSender):
             raise InvalidSignature("signature does not match")
 
     def parse(self, inbound: Inbound) -> Any:
-        try:
-            return json.loads(inbound.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedBody(f"body is not JSON: {exc}") from None
+        return parse_json(inbound.body)
 
     def translate(self, parsed: Any, inbound: Inbound, source: SourceInfo) -> list[CanonicalEvent]:
         event_id, kind, created, obj = _envelope(parsed)
