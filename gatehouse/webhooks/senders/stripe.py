@@ -121,10 +121,19 @@ def _dig(obj: Any, *path: str | int) -> Any:
     return obj
 
 
+def _from_unix(value: Any) -> datetime | None:
+    """A positive unix timestamp as a datetime; None for anything else, 10**20 included."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def _timestamp(value: Any) -> str | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return datetime.fromtimestamp(value, UTC).isoformat()
-    return None
+    when = _from_unix(value)
+    return when.isoformat() if when else None
 
 
 def _hints(metadata: Any, client_reference_id: Any = None) -> dict[str, str]:
@@ -251,14 +260,15 @@ def _envelope(parsed: Any) -> tuple[str, str, datetime, dict[str, Any]]:
         errors["id"] = ["the Stripe event id (evt_…) is required"]
     if not isinstance(kind, str) or not 0 < len(kind) <= 64:
         errors["type"] = ["the Stripe event type is required"]
-    if isinstance(created, bool) or not isinstance(created, int) or created <= 0:
+    when = _from_unix(created)
+    if when is None:
         errors["created"] = ["a unix timestamp is required"]
     if not isinstance(obj, dict):
         errors["data.object"] = ["the event's object is required"]
     if errors:
         raise InvalidEvent(errors)
-    assert isinstance(obj, dict) and isinstance(created, int)
-    return str(event_id), str(kind), datetime.fromtimestamp(created, UTC), obj
+    assert isinstance(obj, dict) and when is not None
+    return str(event_id), str(kind), when, obj
 
 
 class StripeSender(BaseSender):
