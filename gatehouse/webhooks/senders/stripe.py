@@ -173,7 +173,8 @@ def from_subscription(obj: dict[str, Any], stripe_type: str) -> dict[str, Any] |
     status = obj.get("status")
     if stripe_type == "customer.subscription.deleted":
         status = "canceled"  # the object may still say its last status on old API versions
-    if status not in STATUSES:
+    if not isinstance(status, str) or status not in STATUSES:
+        # A list or object here is unhashable: checked first so it is skipped, not a 500.
         return f"subscription status {status!r} is not one Gatehouse knows"
     first_item = _dig(obj, "items", "data", 0)
     return {
