@@ -616,3 +616,16 @@ def test_a_stripe_timestamp_past_the_calendar_is_422_naming_it(
     response = client.post(kind.url, data=body, headers=kind.sign(body))
     assert response.status_code == 422, response.get_data()[:300]
     assert "created" in response.get_json()["detail"]
+
+
+@pytest.mark.parametrize("status", [["active"], {"active": True}])
+def test_a_stripe_subscription_status_that_is_not_text_is_skipped_not_500(
+    app: Flask, client: FlaskClient, status: Any
+) -> None:
+    kind = setup_kind("stripe")
+    path = FIXTURES / "stripe" / "customer.subscription.updated__past_due.json"
+    event = json.loads(path.read_text())
+    event["data"]["object"]["status"] = status
+    body = json.dumps(event).encode()
+    response = client.post(kind.url, data=body, headers=kind.sign(body))
+    assert response.status_code == 202, response.get_data()[:300]
