@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -106,7 +105,7 @@ def encode_cursor(event_id: str) -> str:
 def decode_cursor(raw: str) -> str:
     try:
         value = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # binascii.Error, and non-ASCII text
         raise FilterError("cursor is not one this API gave out; start without it") from None
     if not value or len(value) > 26 or not value.isalnum():
         raise FilterError("cursor is not one this API gave out; start without it")
