@@ -168,3 +168,10 @@ def test_answers_with_real_rows_match_the_document(
         api, "/api/replays/{replay_id}", "GET", world, path_parameters={"replay_id": replay_id}
     )
     assert response.status_code == 200, response.text
+
+
+def test_a_cursor_with_non_ascii_text_is_400_not_500(client: FlaskClient, world: World) -> None:
+    # Found by Schemathesis: base64 decoding raises ValueError, not binascii.Error, on such text.
+    r = client.get("/api/events?cursor=%C2%AA%C3%992", headers=bearer(world.admin))
+    assert r.status_code == 400
+    assert r.json["error"] == "bad_request"
