@@ -100,7 +100,9 @@ def test_occurred_at_defaults_to_the_webhook_timestamp(
 
     assert r.status_code == 202, r.json
     stored = db.session.get(Event, r.json["events"][0])
-    assert stored is not None and stored.occurred_at == when
+    assert stored is not None
+    # Inside the header's (whole) second, refined towards our receive time.
+    assert when <= stored.occurred_at < when + timedelta(seconds=1)
 
 
 def test_body_that_is_not_json_answers_400(app: Flask, client: FlaskClient, secret: str) -> None:
@@ -515,3 +517,48 @@ def test_lone_surrogate_escape_answers_422_not_a_server_error(
     assert r.status_code == 422, r.json
     assert list(r.json["detail"]) == ["contact"]
     assert_nothing_stored(app)
+
+
+def _inbound(header_second: int, received_at: datetime) -> Any:
+    from gatehouse.webhooks.senders.base import Inbound
+
+    return Inbound(
+        method="POST",
+        url="http://x/hooks/bridge",
+        query={},
+        headers={"webhook-timestamp": str(header_second)},
+        body=b"{}",
+        media_type="application/json",
+        received_at=received_at,
+    )
+
+
+def test_default_occurred_at_is_the_receive_time_within_the_header_second() -> None:
+    from gatehouse.webhooks.senders.standard import default_occurred_at
+
+    second = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
+    received = second + timedelta(microseconds=400_000)
+
+    assert default_occurred_at(_inbound(int(second.timestamp()), received)) == received
+
+
+def test_event_received_just_after_its_header_second_sorts_after_an_earlier_keap_post() -> None:
+    from gatehouse.webhooks.senders.standard import default_occurred_at
+
+    second = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
+    keap_post_received = second + timedelta(microseconds=900_000)
+    # Signed at 10:00:00.999 (header 10:00:00), received at 10:00:01.001.
+    received = second + timedelta(seconds=1, microseconds=1_000)
+
+    occurred = default_occurred_at(_inbound(int(second.timestamp()), received))
+
+    assert keap_post_received < occurred < second + timedelta(seconds=1)
+
+
+def test_event_received_before_its_header_second_keeps_the_header_time() -> None:
+    from gatehouse.webhooks.senders.standard import default_occurred_at
+
+    second = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
+    early = second - timedelta(seconds=2)  # the sender's clock runs ahead of ours
+
+    assert default_occurred_at(_inbound(int(second.timestamp()), early)) == second

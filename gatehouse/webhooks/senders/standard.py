@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gatehouse.webhooks.errors import InvalidSignature
@@ -68,13 +68,14 @@ class StandardSender(BaseSender):
 
 
 def default_occurred_at(inbound: Inbound) -> datetime:
-    """`webhook-timestamp`, refined to our receive time when that falls in the same second.
+    """`webhook-timestamp` refined by our receive time: the latest instant inside the header's
+    second that is not after we received the event.
 
     The header has whole seconds while senders without a clock of their own (a Keap
-    campaign post) are ordered by their receive time; without the refinement, an event
-    sent just after such a post in the same second would sort before it.
+    campaign post) are ordered by their receive time. Taking the start of the second would
+    sort an event signed at 10:00:00.999 and received at 10:00:01.001 before a Keap post
+    received at 10:00:00.900, although it was sent after it.
     """
-    timestamp = int(inbound.headers["webhook-timestamp"])
-    if int(inbound.received_at.timestamp()) == timestamp:
-        return inbound.received_at
-    return datetime.fromtimestamp(timestamp, UTC)
+    start = datetime.fromtimestamp(int(inbound.headers["webhook-timestamp"]), UTC)
+    last_instant = start + timedelta(seconds=1) - timedelta(microseconds=1)
+    return max(start, min(inbound.received_at, last_instant))
