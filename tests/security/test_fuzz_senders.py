@@ -629,3 +629,18 @@ def test_a_stripe_subscription_status_that_is_not_text_is_skipped_not_500(
     body = json.dumps(event).encode()
     response = client.post(kind.url, data=body, headers=kind.sign(body))
     assert response.status_code == 202, response.get_data()[:300]
+
+
+@pytest.mark.parametrize("name", [k for k in KINDS if k != "keap-http-post"])
+def test_the_wrong_top_level_shape_is_422_for_every_json_kind(
+    app: Flask, client: FlaskClient, name: str
+) -> None:
+    kind = setup_kind(name)
+    doc = kind.fixtures()[0][1]
+    # HubSpot posts an array of events; every other kind one object.
+    wrong = doc[0] if isinstance(doc, list) else [doc]
+    body = json.dumps(wrong).encode()
+    response = client.post(kind.url, data=body, headers=kind.sign(body))
+    assert response.status_code == 422, response.get_data()[:300]
+    assert _error_code(response) == "invalid_event"
+    assert event_count() == 0
