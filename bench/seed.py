@@ -31,6 +31,18 @@ groups:
     tags: {any: ["keap:110"]}
     grants: [section:affiliate]
 """
+# The chaos run's rules: the tag groups plus billing, so subscriptions decide access too.
+CHAOS_RULES = (
+    RULES
+    + """  - name: subscribers
+    subscriptions: {any: [prod_gold, "6601"]}
+    grants: [course:members, section:community]
+  - name: portal
+    tags: {any: ["keap:hs_portal_user"]}
+    subscriptions: {any: [prod_silver, "6602"]}
+    grants: [section:affiliate]
+"""
+)
 # A second version for the rules-change benchmark: different grants, same tags.
 RULES_V2 = RULES.replace("course:silver", "course:silver-2026")
 TAG_POOL = [str(t) for t in (*range(101, 116), 999)]
@@ -41,12 +53,19 @@ def make_app(config: dict[str, Any]) -> Flask:
     return create_app(config)
 
 
-def add_sources(app: Flask, kinds: dict[str, str]) -> dict[str, str]:
-    """Create one source per slug -> kind (crm `keap`); returns slug -> secret."""
+def add_sources(
+    app: Flask,
+    kinds: dict[str, str],
+    crms: dict[str, str] | None = None,
+    public_keys: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Create one source per slug -> kind (crm `keap` unless `crms` names another for the
+    slug; `public_keys` for kinds that verify with one, e.g. ghl); returns slug -> secret."""
     secrets = {}
     with app.app_context():
         for slug, kind in kinds.items():
-            _, secret = add_source(slug, kind, CRM, None, None)
+            crm = (crms or {}).get(slug, CRM)
+            _, secret = add_source(slug, kind, crm, None, (public_keys or {}).get(slug))
             secrets[slug] = secret
         db.session.commit()
     return secrets
