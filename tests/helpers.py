@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import text
 from standardwebhooks import Webhook
 
 from gatehouse.crypto import hash_token, new_token
@@ -93,3 +96,39 @@ def event_count() -> int:
     count = db.session.execute(select(func.count()).select_from(Event)).scalar_one()
     db.session.rollback()
     return int(count)
+
+
+@contextmanager
+def refusing_event_inserts() -> Iterator[None]:
+    """Make the database really refuse to store events (a trigger), as a failing disk would."""
+    if db.engine.dialect.name == "sqlite":
+        db.session.execute(
+            text(
+                "CREATE TRIGGER refuse_events BEFORE INSERT ON events "
+                "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+            )
+        )
+    else:
+        db.session.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION refuse_events() RETURNS trigger AS $$ "
+                "BEGIN RAISE EXCEPTION 'disk I/O error'; END $$ LANGUAGE plpgsql"
+            )
+        )
+        db.session.execute(
+            text(
+                "CREATE TRIGGER refuse_events BEFORE INSERT ON events "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_events()"
+            )
+        )
+    db.session.commit()
+    try:
+        yield
+    finally:
+        db.session.rollback()
+        if db.engine.dialect.name == "postgresql":
+            # Functions outlive the tables each test drops.
+            db.session.execute(text("DROP FUNCTION refuse_events() CASCADE"))
+        else:
+            db.session.execute(text("DROP TRIGGER IF EXISTS refuse_events"))
+        db.session.commit()

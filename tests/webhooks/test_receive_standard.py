@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
 from gatehouse.extensions import db, redis_client
 from gatehouse.models import Event, Source, SourceSecret
@@ -29,6 +29,7 @@ from tests.helpers import (
     event_count,
     load_fixture,
     post_standard,
+    refusing_event_inserts,
     rq_job_keys,
     standard_headers,
 )
@@ -427,42 +428,11 @@ def test_unknown_event_type_is_stored_as_skipped_and_not_queued(
     assert rq_job_keys(app) == []
 
 
-def _fail_event_inserts() -> None:
-    if db.engine.dialect.name == "sqlite":
-        db.session.execute(
-            text(
-                "CREATE TRIGGER refuse_events BEFORE INSERT ON events "
-                "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
-            )
-        )
-    else:
-        db.session.execute(
-            text(
-                "CREATE OR REPLACE FUNCTION refuse_events() RETURNS trigger AS $$ "
-                "BEGIN RAISE EXCEPTION 'disk I/O error'; END $$ LANGUAGE plpgsql"
-            )
-        )
-        db.session.execute(
-            text(
-                "CREATE TRIGGER refuse_events BEFORE INSERT ON events "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_events()"
-            )
-        )
-    db.session.commit()
-
-
 def test_store_failure_answers_503_with_retry_after_and_queues_nothing(
     app: Flask, client: FlaskClient, secret: str
 ) -> None:
-    _fail_event_inserts()
-    try:
+    with refusing_event_inserts():
         r = post_standard(client, SLUG, secret, tags_set(), "msg_503")
-    finally:
-        db.session.rollback()
-        if db.engine.dialect.name == "postgresql":
-            # Functions outlive the tables each test drops.
-            db.session.execute(text("DROP FUNCTION refuse_events() CASCADE"))
-            db.session.commit()
 
     assert r.status_code == 503
     assert r.json["error"] == "unavailable"

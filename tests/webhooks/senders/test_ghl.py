@@ -16,13 +16,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from gatehouse.extensions import db
 from gatehouse.models import Member, Source
 from gatehouse.sources import add_source
 from gatehouse.webhooks.source_cache import forget_sources
-from tests.helpers import run_worker
+from tests.helpers import refusing_event_inserts, run_worker
 from tests.webhooks.senders.support import (
     event_count,
     fixture_bytes,
@@ -154,9 +154,8 @@ def test_unreadable_configured_key_is_401_saying_how_to_fix_it(
 def test_store_failure_answers_429_with_retry_after(
     app: Flask, client: FlaskClient, key: Ed25519PrivateKey
 ) -> None:
-    db.session.execute(text("DROP TABLE events"))
-    db.session.commit()
-    r = post(client, key, fixture_bytes("ghl", "ContactDelete__single"))
+    with refusing_event_inserts():
+        r = post(client, key, fixture_bytes("ghl", "ContactDelete__single"))
     assert r.status_code == 429
     assert r.json["error"] == "unavailable"
     assert r.headers["Retry-After"]
