@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
-
-from argon2 import PasswordHasher
 
 from gatehouse.extensions import db
 from gatehouse.handlers.contacts import (
@@ -18,16 +15,7 @@ from gatehouse.handlers.contacts import (
 from gatehouse.handlers.outcome import Assertion, Outcome, Skip
 from gatehouse.handlers.tags import apply_snapshot, apply_tag
 from gatehouse.models import Contact, Event, Member
-
-# A new member's password is 256 random bits that nobody ever learns (they set their own
-# with the set-password token). Key stretching protects guessable passwords only; for this
-# one it would add half a second under load between a genpass and the first access answer.
-# The parameters travel inside the hash, so any argon2 verifier still reads it.
-_UNGUESSABLE = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-
-
-def random_password_hash() -> str:
-    return _UNGUESSABLE.hash(secrets.token_urlsafe(32))
+from gatehouse.passwords import random_password_hash
 
 
 def _open(event: Event, when: Assertion) -> tuple[Contact, Member | None]:
