@@ -9,13 +9,21 @@ SIGKILLs workers, stops and restarts Redis (without persistence: the restart los
 queue, which the sweep must recover from) and SIGKILLs and restarts gunicorn. Then it
 waits for the inbox to drain and compares every member with an ORACLE.
 
-The oracle is a pure-Python model of the documented semantics (docs/reliability.md), not
-the handlers run again: every stored event, in (occurred_at, external_id) order; a tag is
-present iff its latest assertion (explicit add/remove of it, or a full snapshot) says so;
-a member exists iff a provisioning event for its contact exists; access is the rules'
-pure `evaluate()` over that state. Keap campaign posts have no clock of their own, so
-their order is the server's receive time: the oracle takes `occurred_at` from the stored
-row for every event, and for `standard` events checks it against what was sent.
+Every source kind has a generator (`GENERATORS`): `standard` and Keap `genpass` provision
+members; every kind changes tags (snapshots, adds, removes, HubSpot property flags, Keap REST
+hooks fetched from a fake Keap API started here); Stripe and ClickFunnels post subscription
+lifecycles (Stripe Checkout links a customer by email or `metadata.contact_id`).
+
+The oracle is a pure-Python model of the documented semantics (docs/reliability.md,
+docs/billing.md), not the handlers run again: every stored event, in (occurred_at,
+external_id) order; a tag is present iff its latest assertion (explicit add/remove of it, or
+a full snapshot) says so; a member exists iff a provisioning event for its contact exists; a
+subscription has the status of its newest assertion, a final one outranking time, and
+belongs to the member its events name (its CRM contact, or any hint of its customer) once
+that member exists; access is the rules' pure `evaluate()` over that state. Keap campaign
+posts have no clock of their own, so their order is the server's receive time: the oracle
+takes `occurred_at` from the stored row for every event, and checks for every kind with an
+event id that what was stored is what the generator meant.
 
 Exit status 0 only when lost = 0, doubled = 0 and divergent = 0.
 """
@@ -386,7 +394,13 @@ def _cf_subscription(w: Workload, n: int, contact: str) -> Planned:
         payload,
         external_id=f"chaos-cf-{n}",
         source="clickfunnels",
-        expect={"type": "subscription.updated", "id": sub_id, "status": expected_status},
+        expect={
+            "type": "subscription.updated",
+            "id": sub_id,
+            "status": expected_status,
+            # Churned has ended for good; a canceled one may still be reactivated.
+            "final": event_type == "subscription.churned",
+        },
     )
 
 
@@ -466,7 +480,12 @@ def gen_stripe(w: Workload, n: int, contact: str, provision: bool) -> Planned:
         event,
         external_id=event_id,
         source=slug,
-        expect={"type": "subscription.updated", "id": sub_id, "status": status},
+        expect={
+            "type": "subscription.updated",
+            "id": sub_id,
+            "status": status,
+            "final": status == "canceled",
+        },
     )
 
 
@@ -1185,7 +1204,12 @@ def evaluate_run(
             continue
         if row["type"] == "subscription.updated":
             data = row["payload"]["subscription"]
-            got = {"type": row["type"], "id": data.get("id"), "status": data.get("status")}
+            got = {
+                "type": row["type"],
+                "id": data.get("id"),
+                "status": data.get("status"),
+                "final": bool(data.get("final")),
+            }
         else:
             got = {
                 "type": row["type"],
