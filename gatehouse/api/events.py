@@ -147,6 +147,9 @@ def audit_log() -> Any:
     try:
         limit = parse_limit(request.args.get("limit"))
         before = int(request.args["before"]) if request.args.get("before") else None
+        # Outside a 32-bit id PostgreSQL refuses the query: that is bad input, not an outage.
+        if before is not None and not 0 < before < 2**31:
+            raise ValueError(before)
     except (FilterError, ValueError):
         return _error(400, "bad_request", "limit is 1-500 and before an entry id")
     rows = audit.entries(limit, before)
