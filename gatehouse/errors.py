@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("gatehouse")
@@ -27,6 +27,14 @@ def register_error_handlers(app: Flask) -> None:
     def _http(exc: HTTPException) -> tuple[Response, int]:
         status = exc.code or 500
         return jsonify({"error": CODES.get(status, "error"), "detail": exc.description}), status
+
+    @app.errorhandler(DataError)
+    def _bad_value(exc: DataError) -> tuple[Response, int]:
+        # The database refused a value the client sent (a NUL in text, an integer past its
+        # column's range): the request is wrong, the database is fine; retrying cannot help.
+        log.info("request.value_refused_by_database", extra={"error": type(exc.orig).__name__})
+        detail = "a value in the request cannot be used (a NUL character, a number out of range)"
+        return jsonify({"error": "bad_request", "detail": detail}), 400
 
     @app.errorhandler(SQLAlchemyError)
     def _database(exc: SQLAlchemyError) -> tuple[Response, int, dict[str, str]]:

@@ -47,6 +47,11 @@ def load_source(slug: str) -> tuple[SourceInfo, float | None] | None:
 
 
 def find_source(slug: str) -> SourceInfo | None:
+    from gatehouse.sources import SLUG
+
+    if not SLUG.match(slug):
+        # No source can have it (and PostgreSQL refuses a NUL in a query): unknown, not 503.
+        return None
     cache: dict[str, tuple[float, SourceInfo | None]] = current_app.extensions.setdefault(
         "gatehouse.sources", {}
     )
