@@ -185,3 +185,41 @@ def test_an_audit_before_outside_any_entry_id_is_400(
     r = client.get(f"/api/audit?before={before}", headers=bearer(world.admin))
     assert r.status_code == 400
     assert r.json["error"] == "bad_request"
+
+
+NUL_URLS = [
+    ("GET", "/api/members?email=a%00b"),
+    ("GET", "/api/access?contact=keap:1%002"),
+    ("GET", "/api/members/a%00b"),
+    ("GET", "/api/members/a%00b/access"),
+    ("GET", "/api/members/a%00b/access/explain?permission=x%00"),
+    ("GET", "/api/events?source=%00&type=a%00&contact=k:%00"),
+    ("GET", "/api/events/a%00b"),
+    ("GET", "/api/replays/a%00b"),
+    ("POST", "/api/members/a%00b/refresh"),
+    ("POST", "/api/events/a%00b/replay"),
+]
+
+
+@pytest.mark.parametrize(("method", "url"), NUL_URLS)
+def test_a_nul_character_in_a_url_is_never_a_5xx_on_any_database(
+    client: FlaskClient, world: World, method: str, url: str
+) -> None:
+    # PostgreSQL refuses NUL in text: that was a 503 "database unavailable" for bad input.
+    # SQLite finds nothing (200 with an empty list, or 404); PostgreSQL answers 400.
+    r = client.open(url, method=method, headers=bearer(world.admin))
+    assert r.status_code in (200, 400, 404), (url, r.status_code, r.json)
+
+
+def test_a_nul_character_in_a_hook_slug_is_404_unknown_source(client: FlaskClient) -> None:
+    r = client.post("/hooks/a%00b", data=b"{}", content_type="application/json")
+    assert r.status_code == 404
+    assert r.json["error"] == "unknown_source"
+
+
+def test_a_nul_character_in_bulk_replay_filters_is_never_a_5xx(
+    client: FlaskClient, world: World
+) -> None:
+    body = {"source": "a\x00", "dry_run": True}
+    r = client.post("/api/events/replay", json=body, headers=bearer(world.admin))
+    assert r.status_code in (200, 400), r.json
