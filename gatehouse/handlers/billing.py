@@ -230,6 +230,42 @@ def _requeue_unmatched(link: Contact, except_id: str) -> list[str]:
     return ids
 
 
+def _names(member: Member, contact: Contact, payload: dict[str, Any]) -> bool:
+    data: dict[str, Any] = payload.get("subscription") or {}
+    named = payload.get("contact") or {}
+    email = (member.email or "").lower()
+    return bool(
+        (email and str(data.get("email") or "").lower() == email)
+        or (named.get("crm"), named.get("id")) == (contact.crm, contact.contact_id)
+        or data.get("member_id") == member.id
+        or data.get("contact_id") in (contact.key, contact.contact_id)
+    )
+
+
+def requeue_unmatched_for(member: Member, contact: Contact) -> list[str]:
+    """A member just came to exist: re-run the billing events that were looking for it.
+
+    Only the events that name it (email, contact, metadata) are re-run; each, once matched,
+    links its customer, which re-runs that customer's other unmatched events in turn.
+    """
+    rows = db.session.execute(
+        select(Event.id, Event.payload).where(
+            Event.status == "unmatched", Event.type == "subscription.updated"
+        )
+    ).all()
+    ids = [event_id for event_id, payload in rows if _names(member, contact, payload)]
+    if not ids:
+        return []
+    db.session.execute(update(Event).where(Event.id.in_(ids)).values(status="queued"))
+    from gatehouse.queue import enqueue_events
+
+    def enqueue() -> None:
+        enqueue_events(ids)
+
+    _after_commit(enqueue)
+    return ids
+
+
 def subscription_updated(event: Event, when: Assertion, outcome: Outcome) -> None:
     data: dict[str, Any] = event.payload["subscription"]
     provider = provider_of(event, data)

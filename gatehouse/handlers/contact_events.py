@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gatehouse.extensions import db
+from gatehouse.handlers.billing import requeue_unmatched_for
 from gatehouse.handlers.contacts import (
     apply_contact_revocation,
     apply_profile,
@@ -81,6 +82,9 @@ def provision(event: Event, when: Assertion, outcome: Outcome) -> None:
     db.session.refresh(member, ["contacts"])
     sync_member_profile(member)
     outcome.note(member.id, "created", contact=contact.key)
+    requeued = requeue_unmatched_for(member, contact)
+    if requeued:
+        outcome.note(member.id, "billing events re-run", events=requeued)
     apply_contact_revocation(contact, member, outcome)
 
 

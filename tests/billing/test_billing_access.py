@@ -24,7 +24,7 @@ from tests.billing.stripe_helpers import (
     stripe_event,
     stripe_link,
 )
-from tests.helpers import bearer, create_source, create_token, run_worker
+from tests.helpers import bearer, create_source, create_token, post_standard, run_worker
 
 SLUG = "stripe"
 CUSTOMER = "cus_RgOld1234567"
@@ -132,6 +132,33 @@ def test_unknown_customer_is_unmatched_then_applied_when_checkout_links_it(
     assert statuses() == {"evt_1QSubCreated0001": "processed", "evt_1QCheckout0001": "processed"}
     assert subscription().member_id == member_id
     assert subscription().product == "prod_gold"
+    assert access(client, reader, member_id)["groups"] == ["gold"]
+
+
+def test_billing_events_before_the_genpass_are_applied_when_the_member_is_created(
+    app: Flask, client: FlaskClient, secret: str, reader: dict[str, str]
+) -> None:
+    """Found by the chaos run: the member is created after its billing events were processed."""
+    post(client, secret, "checkout.session.completed__subscription")
+    post(client, secret, "customer.subscription.created__active")
+    run_worker(app)
+    assert set(statuses().values()) == {"unmatched"}
+
+    keap = create_source("keap", "standard", crm="keap")
+    r = post_standard(
+        client,
+        "keap",
+        keap,
+        {"type": "member.provision", "contact": {"id": "77", "email": "jane@example.com"}},
+        "genpass-77",
+    )
+    assert r.status_code == 202
+    run_worker(app)
+
+    member_id = stripe_link(CUSTOMER)
+    assert member_id is not None
+    assert set(statuses().values()) == {"processed"}
+    assert subscription().member_id == member_id
     assert access(client, reader, member_id)["groups"] == ["gold"]
 
 
