@@ -25,6 +25,7 @@ from gatehouse.webhooks.errors import (
 )
 from gatehouse.webhooks.inbox import mark_not_queued, store_events
 from gatehouse.webhooks.senders import SENDERS, Inbound
+from gatehouse.webhooks.senders.base import check_storable
 from gatehouse.webhooks.source_cache import find_source
 
 bp = Blueprint("webhooks", __name__)
@@ -112,6 +113,7 @@ def receive(slug: str) -> Response | tuple[Response, int]:
         parsed = sender.parse(inbound)
         step = "validate"
         events = sender.translate(parsed, inbound, source)
+        check_storable(events)
     except HookError as exc:
         db.session.rollback()
         return _error(exc, slug, step)

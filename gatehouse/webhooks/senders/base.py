@@ -136,6 +136,28 @@ def canonical(
     )
 
 
+def check_storable(events: list[CanonicalEvent]) -> None:
+    """Refuse (422) events whose id, type, contact or payload no database can store.
+
+    Some senders build events without `canonical()` (skipped types, internal fetches), and
+    ids come from headers: a NUL there made PostgreSQL refuse the insert, answered 503, and
+    the sender would retry a poison event forever.
+    """
+    for index, event in enumerate(events):
+        fields = {
+            "event id": event.external_id,
+            "type": event.type,
+            "contact": event.contact_key or "",
+            "payload": event.payload,
+            "reason": event.skip_reason or "",
+        }
+        bad = [name for name, value in fields.items() if _unstorable_fields(value, name)]
+        if bad:
+            prefix = f"{index}." if len(events) > 1 else ""
+            message = ["must be UTF-8 text without NUL characters"]
+            raise InvalidEvent({f"{prefix}{name}": message for name in bad})
+
+
 def _prefixed(messages: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {f"{prefix}{k}": v for k, v in messages.items()} if prefix else messages
 
