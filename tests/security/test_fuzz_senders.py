@@ -644,3 +644,30 @@ def test_the_wrong_top_level_shape_is_422_for_every_json_kind(
     assert response.status_code == 422, response.get_data()[:300]
     assert _error_code(response) == "invalid_event"
     assert event_count() == 0
+
+
+def test_a_nul_in_a_signed_event_id_is_422_not_a_poison_503(
+    client: FlaskClient, standard: Kind
+) -> None:
+    body = json.dumps({"type": "contact.updated", "contact": {"id": "2729"}}).encode()
+    signed = standard_headers(standard.secret, "msg\x00id", body)
+    # The test client refuses control characters in headers; a server passes NUL through.
+    environ = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in signed.items()}
+    environ["CONTENT_TYPE"] = "application/json"
+    response = client.post(standard.url, data=body, environ_base=environ)
+    assert response.status_code == 422, response.get_data()[:300]
+    assert "event id" in response.get_json()["detail"]
+    assert event_count() == 0
+
+
+def test_a_nul_in_an_unhandled_stripe_type_is_422_not_a_poison_503(
+    app: Flask, client: FlaskClient
+) -> None:
+    kind = setup_kind("stripe")
+    event = json.loads((FIXTURES / "stripe" / "customer.created__basic.json").read_text())
+    event["type"] = "customer.\x00created"
+    body = json.dumps(event).encode()
+    response = client.post(kind.url, data=body, headers=kind.sign(body))
+    assert response.status_code == 422, response.get_data()[:300]
+    assert "type" in response.get_json()["detail"]
+    assert event_count() == 0
