@@ -152,6 +152,7 @@ def lock_subscription(provider: str, subscription_id: str) -> Subscription:
         "assert_key": "",
         "final": False,
         "good_key": "",
+        "product_key": "",
     }
     dialect = db.engine.dialect.name
     if dialect == "postgresql":
@@ -190,12 +191,11 @@ def apply_assertion(sub: Subscription, data: dict[str, Any], when: Assertion) ->
     if (final, when.at, when.key) > (sub.final, sub.asserted_at, sub.assert_key):
         sub.status, sub.final = status, final
         sub.asserted_at, sub.assert_key, sub.event_id = when.at, when.key, when.event_id
-        if data.get("product"):
-            sub.product = str(data["product"])
         if data.get("current_period_end"):
             sub.current_period_end = datetime.fromisoformat(str(data["current_period_end"]))
-    elif sub.product is None and data.get("product"):
-        sub.product = str(data["product"])  # an older event may be the only one naming it
+    if data.get("product") and when.newer_than(sub.product_at, sub.product_key):
+        sub.product = str(data["product"])
+        sub.product_at, sub.product_key = when.at, when.key
     if sub.customer_id is None and data.get("customer"):
         sub.customer_id = str(data["customer"])
     sub.past_due_since = marks[0][0] if sub.status == "past_due" and marks else None

@@ -128,6 +128,9 @@ class Subscription(Base):
     customer_id: Mapped[str | None] = mapped_column(String(128))
     member_id: Mapped[str | None] = mapped_column(ForeignKey("members.id"), index=True)
     product: Mapped[str | None] = mapped_column(String(128))
+    # The newest event that named a product (events without one say nothing about it).
+    product_at: Mapped[datetime | None]
+    product_key: Mapped[str] = mapped_column(String(255), default=EPOCH_KEY, server_default="")
     status: Mapped[str] = mapped_column(String(32))
     current_period_end: Mapped[datetime | None]
     past_due_since: Mapped[datetime | None]
