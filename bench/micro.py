@@ -70,15 +70,16 @@ def call(app: Any, req: Req) -> int:
 
 
 def timed(app: Any, reqs: list[Req], expect: int, profile: bool) -> float:
+    """CPU milliseconds per request (of this process: the server's own work, not waits)."""
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()
-    start = time.perf_counter()
+    start = time.process_time()
     for r in reqs:
         code = call(app, r)
         if code != expect:
             raise RuntimeError(f"{r.method} {r.path} answered {code}, expected {expect}")
-    took = time.perf_counter() - start
+    took = time.process_time() - start
     if prof:
         prof.disable()
         pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
@@ -130,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         hello_get = timed(hello, reads, 200, False)
         for name, ms, base in (("ingest", ingest, hello_post), ("reads", read, hello_get)):
             print(
-                f"{name:7} {ms:.3f} ms/request ({1000 / ms:.0f}/s on one core); "
-                f"hello {base:.3f} ms; ratio {base / ms:.2f}x"
+                f"{name:7} {ms:.3f} ms CPU/request; hello {base:.3f} ms; ratio {base / ms:.2f}x"
             )
     return 0
 

@@ -76,7 +76,9 @@ class JobTemplate:
         with queue.connection.pipeline() as pipe:
             jobs = queue.enqueue_many([job_data], pipeline=pipe)
             # Each entry is (command args, options); the options are only response hints.
-            self.commands: list[tuple[Any, ...]] = [tuple(c[0]) for c in pipe.command_stack]
+            self.commands_recorded: list[tuple[Any, ...]] = [
+                tuple(c[0]) for c in pipe.command_stack
+            ]
             pipe.reset()  # nothing recorded is ever sent
         job = jobs[0]
         self.serializer = job.serializer
@@ -88,16 +90,17 @@ class JobTemplate:
         raw = self.serializer.dumps((self.func_name, None, (event_id,), self.kwargs))
         return zlib.compress(raw)
 
-    def fill(self, pipe: Any, event_ids: Sequence[str]) -> None:
-        """Queue the commands for these events on `pipe` (the caller executes it)."""
+    def commands(self, event_ids: Sequence[str]) -> list[list[Any]]:
+        """RQ's commands for these events, in RQ's order."""
         stamp = utcformat(now())
+        out: list[list[Any]] = []
         first = True
         for event_id in event_ids:
-            for command in self.commands:
+            for command in self.commands_recorded:
                 name = command[0]
                 if name == "SADD":
                     if first:  # the queue's entry in rq:queues, once per batch as RQ does
-                        pipe.execute_command(*command)
+                        out.append(list(command))
                     continue
                 args: list[Any] = [name]
                 field: Any = None
@@ -112,8 +115,35 @@ class JobTemplate:
                     if isinstance(arg, str) and TEMPLATE_ID in arg:
                         arg = arg.replace(TEMPLATE_ID, event_id)
                     args.append(arg)
-                pipe.execute_command(*args)
+                out.append(args)
             first = False
+        return out
+
+
+# Runs a list of commands as one atomic unit: [n, command and its n-1 arguments, n, ...].
+# Like MULTI/EXEC (no other client sees a job without its queue entry), but one command and
+# one reply instead of 2 + 2 per command: on these machines a MULTI/EXEC pipeline of RQ's
+# four commands costs about 2.5x the CPU of a single command on the client side.
+_RUN_ALL = """
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
+
+
+def _run_all(app: Flask, client: redis.Redis, commands: list[list[Any]]) -> None:
+    script = app.extensions.get("gatehouse.run_all_script")
+    if script is None:
+        script = app.extensions["gatehouse.run_all_script"] = client.register_script(_RUN_ALL)
+    argv: list[Any] = []
+    for command in commands:
+        argv.append(len(command))
+        argv.extend(command)
+    script(keys=[], args=argv, client=client)
 
 
 def job_template(app: Flask | None = None) -> JobTemplate:
@@ -129,7 +159,7 @@ def enqueue_events(event_ids: Sequence[str], app: Flask | None = None) -> bool:
     """Queue one job per event (job id = event id) in one round trip.
 
     The jobs are written from a `JobTemplate` (what RQ's `enqueue_many` writes, without its
-    per-job cost), in one MULTI/EXEC so a job never exists without its queue entry.
+    per-job cost), in one atomic script call so a job never exists without its queue entry.
 
     Returns False when Redis cannot be reached: the events stay in the database and the
     sweeper queues them later. Never raises for a Redis outage.
@@ -139,9 +169,7 @@ def enqueue_events(event_ids: Sequence[str], app: Flask | None = None) -> bool:
     app = app or current_app
     try:
         template = job_template(app)
-        with template.queue.connection.pipeline() as pipe:
-            template.fill(pipe, event_ids)
-            pipe.execute()
+        _run_all(app, template.queue.connection, template.commands(event_ids))
     except redis.RedisError as exc:
         log.warning("queue.enqueue_failed", extra={"events": len(event_ids), "error": str(exc)})
         return False
