@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import insert, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 
 from gatehouse.extensions import db
 from gatehouse.models import Event, new_id
@@ -52,9 +53,17 @@ _INSERTS: dict[str, Any] = {}
 
 
 def store_events(
-    source: SourceInfo, events: list[CanonicalEvent], headers: dict[str, str]
+    source: SourceInfo,
+    events: list[CanonicalEvent],
+    headers: dict[str, str],
+    connection: Connection | None = None,
 ) -> Stored:
-    """Insert new events and count deliveries of known ones; the caller commits."""
+    """Insert new events and count deliveries of known ones; the caller commits.
+
+    On `connection` when given (a Core transaction: the receive view's hot path, about a
+    third cheaper in CPU than the ORM session's execute + commit), else on the session.
+    """
+    run: Any = connection if connection is not None else db.session
     rows = []
     seen: set[str] = set()
     for event in events:
@@ -80,13 +89,13 @@ def store_events(
     stmt = _insert_ignoring_duplicates(db.engine.dialect.name)
     # One row (the usual case) is a plain execute; several go as one executemany, which
     # SQLAlchemy sends as multi-row INSERT ... RETURNING ("insertmanyvalues").
-    result = db.session.execute(stmt, rows[0] if len(rows) == 1 else rows)
+    result = run.execute(stmt, rows[0] if len(rows) == 1 else rows)
     inserted = {ext: eid for eid, ext in result}
     skipped = {e.external_id for e in events if e.skip_reason}
     duplicates = [r["external_id"] for r in rows if r["external_id"] not in inserted]
     existing: dict[str, str] = {}
     if duplicates:
-        result = db.session.execute(
+        result = run.execute(
             update(Event)
             .where(Event.source_id == source.id, Event.external_id.in_(duplicates))
             .values(deliveries=Event.deliveries + 1)
