@@ -91,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--members", type=int, default=2000)
     parser.add_argument("--profile", default="", help="ingest or reads: print a cProfile")
+    parser.add_argument("--database-url", default="", help="e.g. postgresql+psycopg://…/bench")
     args = parser.parse_args(argv)
     with Stack() as stack:
         rds = RedisProc(stack).start()
-        env = app_env(sqlite_url(stack), rds.url)
+        env = app_env(args.database_url or sqlite_url(stack), rds.url)
         create_schema(env["DATABASE_URL"], rds.url, env)
         app = seed.make_app(app_config(env))
         secret = seed.add_sources(app, {"bench": "standard"})["bench"]
