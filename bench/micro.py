@@ -131,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         hello_post = timed(hello, posts[200:], 202, False)
         hello_get = timed(hello, reads, 200, False)
         for name, ms, base in (("ingest", ingest, hello_post), ("reads", read, hello_get)):
-            print(
-                f"{name:7} {ms:.3f} ms CPU/request; hello {base:.3f} ms; ratio {base / ms:.2f}x"
-            )
+            print(f"{name:7} {ms:.3f} ms CPU/request; hello {base:.3f} ms; ratio {base / ms:.2f}x")
     return 0
 
 
