@@ -56,7 +56,7 @@ def register_blueprints(app: Flask) -> None:
 
 def register_operations(app: Flask) -> None:
     """Events API, admin page, metrics, audit log and request logs (issue 5)."""
-    from gatehouse import audit, metrics, request_log
+    from gatehouse import audit, fastpath, metrics, request_log
     from gatehouse.admin import bp as admin
     from gatehouse.api.events import bp as api_events
 
@@ -66,6 +66,7 @@ def register_operations(app: Flask) -> None:
     app.register_blueprint(metrics.bp)
     request_log.init_app(app)
     audit.init_app(app)
+    fastpath.init_app(app)  # in front of Flask: the cached access read skips the hooks
 
 
 def register_error_handlers(app: Flask) -> None:

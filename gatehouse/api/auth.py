@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import current_app, g, jsonify, request
+from flask import Flask, current_app, g, jsonify, request
 from sqlalchemy import select
 
 from gatehouse.crypto import hash_token
@@ -35,6 +35,22 @@ def _lookup(token: str) -> tuple[str, str] | None:
     if len(cache) > 10_000:
         cache.clear()
     cache[digest] = (now + TOKEN_CACHE_TTL, found)
+    return found
+
+
+def cached_token(app: Flask, token: str) -> tuple[str, str] | None:
+    """(name, role) if this token is known from a recent lookup, else None; no database.
+
+    For the lean read path (`gatehouse.fastpath`): it honours only what `_lookup` itself
+    found and cached, within the same lifetime, and leaves every other case to `require`.
+    """
+    cache = app.extensions.get("gatehouse.tokens")
+    if not cache:
+        return None
+    hit = cache.get(hash_token(token))
+    if hit is None or hit[0] <= time.monotonic():
+        return None
+    found: tuple[str, str] | None = hit[1]
     return found
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import insert, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 
 from gatehouse.extensions import db
 from gatehouse.models import Event, new_id
@@ -20,29 +21,49 @@ class Stored:
     duplicates: int
 
 
-def _insert_ignoring_duplicates(rows: list[dict[str, Any]]) -> Any:
-    dialect = db.engine.dialect.name
+def _insert_ignoring_duplicates(dialect: str) -> Any:
+    """The insert statement, built once per dialect and executed with bound parameters.
+
+    A statement carrying its rows as a literal multi-VALUES list is recompiled by SQLAlchemy
+    on every request (about 3 ms, more than the rest of the insert); this one has no values
+    of its own, so its compiled form is cached and reused. A Core insert into the table
+    (not the ORM entity) also skips the ORM bulk-insert machinery: column defaults still
+    apply, they are Core defaults.
+    """
+    stmt = _INSERTS.get(dialect)
+    if stmt is not None:
+        return stmt
+    table: Any = Event.__table__
     if dialect == "postgresql":
-        stmt: Any = (
-            postgresql.insert(Event)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["source_id", "external_id"])
+        stmt = postgresql.insert(table).on_conflict_do_nothing(
+            index_elements=["source_id", "external_id"]
         )
     elif dialect == "sqlite":
-        stmt = (
-            sqlite.insert(Event)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["source_id", "external_id"])
+        stmt = sqlite.insert(table).on_conflict_do_nothing(
+            index_elements=["source_id", "external_id"]
         )
     else:  # pragma: no cover - other databases are not supported
-        stmt = insert(Event).values(rows)
-    return stmt.returning(Event.id, Event.external_id)
+        stmt = insert(table)
+    stmt = stmt.returning(table.c.id, table.c.external_id)
+    _INSERTS[dialect] = stmt
+    return stmt
+
+
+_INSERTS: dict[str, Any] = {}
 
 
 def store_events(
-    source: SourceInfo, events: list[CanonicalEvent], headers: dict[str, str]
+    source: SourceInfo,
+    events: list[CanonicalEvent],
+    headers: dict[str, str],
+    connection: Connection | None = None,
 ) -> Stored:
-    """Insert new events and count deliveries of known ones; the caller commits."""
+    """Insert new events and count deliveries of known ones; the caller commits.
+
+    On `connection` when given (a Core transaction: the receive view's hot path, about a
+    third cheaper in CPU than the ORM session's execute + commit), else on the session.
+    """
+    run: Any = connection if connection is not None else db.session
     rows = []
     seen: set[str] = set()
     for event in events:
@@ -65,12 +86,16 @@ def store_events(
                 "deliveries": 1,
             }
         )
-    inserted = {ext: eid for eid, ext in db.session.execute(_insert_ignoring_duplicates(rows))}
+    stmt = _insert_ignoring_duplicates(db.engine.dialect.name)
+    # One row (the usual case) is a plain execute; several go as one executemany, which
+    # SQLAlchemy sends as multi-row INSERT ... RETURNING ("insertmanyvalues").
+    result = run.execute(stmt, rows[0] if len(rows) == 1 else rows)
+    inserted = {ext: eid for eid, ext in result}
     skipped = {e.external_id for e in events if e.skip_reason}
     duplicates = [r["external_id"] for r in rows if r["external_id"] not in inserted]
     existing: dict[str, str] = {}
     if duplicates:
-        result = db.session.execute(
+        result = run.execute(
             update(Event)
             .where(Event.source_id == source.id, Event.external_id.in_(duplicates))
             .values(deliveries=Event.deliveries + 1)

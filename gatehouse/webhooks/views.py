@@ -127,8 +127,16 @@ def receive(slug: str) -> Response | tuple[Response, int]:
 
     headers = {k: v for k, v in inbound.headers.items() if k not in SECRET_HEADERS}
     try:
-        stored = store_events(source, events, headers)
-        db.session.commit()
+        if db.session().in_transaction():
+            # A sender looked something up: store in that same transaction. A second
+            # connection would wait on this one's SQLite write lock (BEGIN IMMEDIATE).
+            stored = store_events(source, events, headers)
+            db.session.commit()
+        else:
+            # The usual case: a Core transaction of its own, committed on leaving the
+            # block; the ORM session would only add CPU to a single insert.
+            with db.engine.begin() as connection:
+                stored = store_events(source, events, headers, connection)
         metrics.count_received(slug, [e.type for e in events])
     except SQLAlchemyError:
         db.session.rollback()
