@@ -177,14 +177,12 @@ def test_a_cursor_with_non_ascii_text_is_400_not_500(client: FlaskClient, world:
     assert r.json["error"] == "bad_request"
 
 
-@pytest.mark.parametrize("before", ["3601798463081", "0", "-5"])
-def test_an_audit_before_outside_any_entry_id_is_400(
-    client: FlaskClient, world: World, before: str
-) -> None:
+def test_an_audit_before_outside_any_entry_id_is_400(client: FlaskClient, world: World) -> None:
     # Found by Schemathesis on PostgreSQL: an id past 32 bits made the query fail (503).
-    r = client.get(f"/api/audit?before={before}", headers=bearer(world.admin))
-    assert r.status_code == 400
-    assert r.json["error"] == "bad_request"
+    for before in ("3601798463081", "0", "-5"):
+        r = client.get(f"/api/audit?before={before}", headers=bearer(world.admin))
+        assert r.status_code == 400, before
+        assert r.json["error"] == "bad_request"
 
 
 NUL_URLS = [
@@ -201,14 +199,14 @@ NUL_URLS = [
 ]
 
 
-@pytest.mark.parametrize(("method", "url"), NUL_URLS)
 def test_a_nul_character_in_a_url_is_never_a_5xx_on_any_database(
-    client: FlaskClient, world: World, method: str, url: str
+    client: FlaskClient, world: World
 ) -> None:
     # PostgreSQL refuses NUL in text: that was a 503 "database unavailable" for bad input.
     # SQLite finds nothing (200 with an empty list, or 404); PostgreSQL answers 400.
-    r = client.open(url, method=method, headers=bearer(world.admin))
-    assert r.status_code in (200, 400, 404), (url, r.status_code, r.json)
+    for method, url in NUL_URLS:
+        r = client.open(url, method=method, headers=bearer(world.admin))
+        assert r.status_code in (200, 400, 404), (url, r.status_code, r.json)
 
 
 def test_a_nul_character_in_a_hook_slug_is_404_unknown_source(client: FlaskClient) -> None:
