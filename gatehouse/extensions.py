@@ -66,7 +66,10 @@ def init_database(app: Flask) -> None:
     if uri.startswith("sqlite"):
         options.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
     else:
-        options.setdefault("pool_pre_ping", True)
+        # No pre-ping: it costs a round trip per request, as much as the insert itself. A
+        # connection broken by a database restart fails its request with 503 (the sender
+        # retries) and SQLAlchemy then replaces every pooled connection.
+        options.setdefault("pool_pre_ping", False)
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     db.init_app(app)
     migrate.init_app(app, db, directory=str(app.config["MIGRATIONS_DIR"]))
