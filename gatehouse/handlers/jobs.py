@@ -17,6 +17,7 @@ from sqlalchemy import select
 from gatehouse import metrics
 from gatehouse.access import cache
 from gatehouse.extensions import db
+from gatehouse.handlers import preload
 from gatehouse.handlers.dispatch import HANDLERS
 from gatehouse.handlers.outcome import Assertion, Outcome, Skip, Unmatched
 from gatehouse.models import Event, EventAttempt, Member, Source, utcnow
@@ -47,7 +48,22 @@ def apply_event(event: Event) -> Outcome:
 
 # Types whose handler talks to the outside world (an HTTP fetch) before it locks anything:
 # never inside a batch's transaction, where the wait would hold every lock of the batch.
-RUN_ALONE = frozenset({"contact.fetch"})
+# A merge moves tag rows between contacts with its own queries: alone, so no batch-wide
+# preload (handlers.preload) can be stale after it.
+RUN_ALONE = frozenset({"contact.fetch", "contact.merged"})
+# Types whose handler opens one contact named in the payload (contact_events._open): their
+# contacts, members, tags and snapshots are locked and loaded for the batch up front.
+PRELOADED_TYPES = frozenset(
+    {
+        "member.provision",
+        "contact.updated",
+        "contact.tags_set",
+        "contact.tag_added",
+        "contact.tag_removed",
+        "contact.deleted",
+        "member.revoked",
+    }
+)
 
 
 def _finish(event: Event, started_at: datetime, slugs: dict[int, str]) -> tuple[Any, ...]:
@@ -73,6 +89,16 @@ def _slugs(source_ids: set[int]) -> dict[int, str]:
         return {}
     rows = db.session.execute(select(Source.id, Source.slug).where(Source.id.in_(source_ids)))
     return {sid: slug for sid, slug in rows}
+
+
+def _contact_keys(events: list[Event]) -> list[tuple[str, str]]:
+    keys = []
+    for event in events:
+        contact = event.payload.get("contact") if event.type in PRELOADED_TYPES else None
+        if isinstance(contact, dict) and isinstance(contact.get("crm"), str):
+            if isinstance(contact.get("id"), str):
+                keys.append((contact["crm"], contact["id"]))
+    return keys
 
 
 def _log_processed(event: Event, source: str | None, started: float) -> None:
@@ -133,16 +159,17 @@ def process_events(
         events.sort(key=lambda e: (e.contact_key or "", e.id))
         slugs = _slugs({e.source_id for e in events})
         touched: set[str] = set()
-        for event in events:
-            outcome, counts = _finish(event, started_at, slugs)
-            touched |= outcome.touched
-            finished.append((event, counts))
-            results[event.id] = {
-                "event": event.id,
-                "status": event.status,
-                "members": sorted(outcome.touched),
-            }
-        db.session.commit()
+        with preload.preloaded(_contact_keys(events)):
+            for event in events:
+                outcome, counts = _finish(event, started_at, slugs)
+                touched |= outcome.touched
+                finished.append((event, counts))
+                results[event.id] = {
+                    "event": event.id,
+                    "status": event.status,
+                    "members": sorted(outcome.touched),
+                }
+            db.session.commit()
         for _event, counts in finished:
             metrics.count_finished(*counts)
         # After the commit: a crash here re-runs the jobs, which write the cache again.
