@@ -69,12 +69,13 @@ def preloaded(keys: Iterable[tuple[str, str]]) -> Iterator[Preloaded]:
         ).scalars()
         for contact in contacts:
             pre.contacts[(contact.crm, contact.contact_id)] = contact
-        member_ids = sorted(
-            {c.member_id for c in pre.contacts.values() if c.member_id is not None}
-        )
+        member_ids = sorted({c.member_id for c in pre.contacts.values() if c.member_id is not None})
         if member_ids:
             members = db.session.execute(
-                select(Member).where(Member.id.in_(member_ids)).order_by(Member.id).with_for_update()
+                select(Member)
+                .where(Member.id.in_(member_ids))
+                .order_by(Member.id)
+                .with_for_update()
             ).scalars()
             pre.members = {m.id: m for m in members}
         contact_ids = [c.id for c in pre.contacts.values()]

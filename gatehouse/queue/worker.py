@@ -137,7 +137,8 @@ class GatehouseWorker(SimpleWorker):
         jobs = []
         gone = []
         for job_id, job in zip(
-            ids, Job.fetch_many(ids, connection=self.connection, serializer=self.serializer),
+            ids,
+            Job.fetch_many(ids, connection=self.connection, serializer=self.serializer),
             strict=True,
         ):
             if job is None:
@@ -209,9 +210,7 @@ class GatehouseWorker(SimpleWorker):
                     results = self._process_events(ids)
             except Exception:
                 # Rolled back: each job runs alone, so only a poison event fails.
-                log.warning(
-                    "batch.fallback", extra={"jobs": len(jobs)}, exc_info=sys.exc_info()
-                )
+                log.warning("batch.fallback", extra={"jobs": len(jobs)}, exc_info=sys.exc_info())
                 results = {}
             done = [(j, e) for j, e in zip(jobs, executions, strict=True) if j.id in results]
             if done:
