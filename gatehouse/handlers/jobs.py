@@ -6,9 +6,12 @@ They raise on failure so RQ retries and records it; `on_job_failure` marks the e
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +19,7 @@ from sqlalchemy import select
 
 from gatehouse import metrics
 from gatehouse.access import cache
+from gatehouse.access.state import load_states
 from gatehouse.extensions import db
 from gatehouse.handlers import preload
 from gatehouse.handlers.dispatch import HANDLERS
@@ -91,6 +95,28 @@ def _slugs(source_ids: set[int]) -> dict[int, str]:
     return {sid: slug for sid, slug in rows}
 
 
+@contextmanager
+def _writer_turn() -> Iterator[None]:
+    """On SQLite, workers take turns at the database's single write lock through a file lock.
+
+    SQLite's own wait for a busy database sleeps in steps of up to 100 ms, so two workers
+    that each hold the write lock for a batch mostly sleep while the other has finished long
+    ago; `flock` wakes the next one the moment the lock is free, so one worker's Redis work
+    overlaps the other's transaction. The kernel drops the lock when a process dies. Other
+    databases lock rows, not the database: nothing to do.
+    """
+    url = db.engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        yield
+        return
+    fd = os.open(f"{url.database}.worker-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def _contact_keys(events: list[Event]) -> list[tuple[str, str]]:
     keys = []
     for event in events:
@@ -144,36 +170,46 @@ def process_events(
     started_at = utcnow()
     results: dict[str, dict[str, Any]] = {}
     finished: list[tuple[Event, tuple[Any, ...]]] = []
+    answers: dict[str, Any] = {}
     try:
-        events = list(
-            db.session.execute(select(Event).where(Event.id.in_(list(event_ids)))).scalars()
-        )
-        found = {event.id for event in events}
-        for event_id in event_ids:
-            if event_id not in found:
-                results[event_id] = {"event": event_id, "status": "missing"}
-        events = [e for e in events if e.type not in run_alone]
-        if not events:
-            db.session.rollback()
-            return results
-        events.sort(key=lambda e: (e.contact_key or "", e.id))
-        slugs = _slugs({e.source_id for e in events})
-        touched: set[str] = set()
-        with preload.preloaded(_contact_keys(events)):
-            for event in events:
-                outcome, counts = _finish(event, started_at, slugs)
-                touched |= outcome.touched
-                finished.append((event, counts))
-                results[event.id] = {
-                    "event": event.id,
-                    "status": event.status,
-                    "members": sorted(outcome.touched),
-                }
-            db.session.commit()
+        with _writer_turn():
+            try:
+                events = list(
+                    db.session.execute(select(Event).where(Event.id.in_(list(event_ids)))).scalars()
+                )
+                found = {event.id for event in events}
+                for event_id in event_ids:
+                    if event_id not in found:
+                        results[event_id] = {"event": event_id, "status": "missing"}
+                events = [e for e in events if e.type not in run_alone]
+                if not events:
+                    db.session.rollback()
+                    return results
+                events.sort(key=lambda e: (e.contact_key or "", e.id))
+                slugs = _slugs({e.source_id for e in events})
+                touched: set[str] = set()
+                with preload.preloaded(_contact_keys(events)):
+                    for event in events:
+                        outcome, counts = _finish(event, started_at, slugs)
+                        touched |= outcome.touched
+                        finished.append((event, counts))
+                        results[event.id] = {
+                            "event": event.id,
+                            "status": event.status,
+                            "members": sorted(outcome.touched),
+                        }
+                    # Computed inside the transaction, from exactly what it commits: no second
+                    # transaction (on SQLite, a second turn at the write lock) to read it back.
+                    answers = cache.compute(load_states(sorted(touched)))
+                    db.session.commit()
+            except BaseException:
+                db.session.rollback()  # before the next worker's turn, not after
+                raise
         for _event, counts in finished:
             metrics.count_finished(*counts)
         # After the commit: a crash here re-runs the jobs, which write the cache again.
-        cache.refresh(sorted(touched))
+        if answers:
+            cache.store(answers)
     except BaseException:
         db.session.rollback()
         raise
