@@ -18,8 +18,10 @@ from gatehouse.queue.worker import GatehouseWorker
     "--batch-size",
     type=click.IntRange(min=1),
     default=None,
-    help="event jobs taken and applied per transaction (default GATEHOUSE_WORKER_BATCH or "
-    "50; 1 = one job at a time, stock RQ path)",
+    envvar="GATEHOUSE_WORKER_BATCH",
+    show_envvar=True,
+    help="event jobs taken and applied per transaction [default: 50; 1 = one job at a "
+    "time through RQ's own per-job path]",
 )
 def worker(burst: bool, with_scheduler: bool, batch_size: int | None) -> None:
     """Run a worker on the gatehouse queue, inside the app context."""

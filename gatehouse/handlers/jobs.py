@@ -127,16 +127,18 @@ def _contact_keys(events: list[Event]) -> list[tuple[str, str]]:
     return keys
 
 
-def _log_processed(event: Event, source: str | None, started: float) -> None:
+def _log_processed(event_id: str, counts: tuple[Any, ...], started: float) -> None:
     # Built only when someone listens: at WARNING (production) a job costs no log record.
+    # Plain values captured before the commit: the rows are expired and detached by now.
     if log.isEnabledFor(logging.INFO):
+        source, event_type, status = counts[:3]
         log.info(
             "job.processed",
             extra={
-                "event_id": event.id,
+                "event_id": event_id,
                 "source": source,
-                "type": event.type,
-                "status": event.status,
+                "type": event_type,
+                "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )
@@ -169,7 +171,7 @@ def process_events(
     started = time.perf_counter()
     started_at = utcnow()
     results: dict[str, dict[str, Any]] = {}
-    finished: list[tuple[Event, tuple[Any, ...]]] = []
+    finished: list[tuple[str, tuple[Any, ...]]] = []
     answers: dict[str, Any] = {}
     try:
         with _writer_turn():
@@ -192,7 +194,7 @@ def process_events(
                     for event in events:
                         outcome, counts = _finish(event, started_at, slugs)
                         touched |= outcome.touched
-                        finished.append((event, counts))
+                        finished.append((event.id, counts))
                         results[event.id] = {
                             "event": event.id,
                             "status": event.status,
@@ -215,8 +217,8 @@ def process_events(
         raise
     finally:
         db.session.remove()
-    for event, counts in finished:
-        _log_processed(event, counts[0], started)
+    for event_id, counts in finished:
+        _log_processed(event_id, counts, started)
     return results
 
 

@@ -3,11 +3,13 @@ RQ's own registries and job hashes left exactly as RQ's per-job path leaves them
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from flask import Flask
 from rq.job import Job, JobStatus
 from rq.results import Result
@@ -75,7 +77,10 @@ def broken_event(tag: str | None = None) -> str:
     return event_id
 
 
-def test_a_shuffled_burst_with_redeliveries_ends_like_in_order_processing(app: Flask) -> None:
+def test_a_shuffled_burst_with_redeliveries_ends_like_in_order_processing(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gatehouse")  # the per-job line is built at INFO
     rng = random.Random(7)
     plan = scenario(rng, contacts=8, per_contact=12)
     ids = [event_id for cid, specs in plan.items() for event_id in store(specs, cid)]
@@ -87,6 +92,9 @@ def test_a_shuffled_burst_with_redeliveries_ends_like_in_order_processing(app: F
 
     worker = burst(app, batch_size=16)
 
+    messages = [r.getMessage() for r in caplog.records]
+    assert "batch.fallback" not in messages  # every batch committed as one
+    assert messages.count("job.processed") == len(order) + len(redelivered)
     for contact_id, specs in plan.items():
         tags, access = outcome(contact_id)
         assert tags == latest_assertion_oracle(specs), contact_id
