@@ -162,9 +162,9 @@ def process_events(
     in one pipeline. Returns each event's result, keyed by id.
 
     Events whose type is in `run_alone` are left out (not in the result): the caller runs
-    them one by one. Events are applied in (contact, id) order so that two workers take the
-    contact row locks of overlapping batches in the same order; handlers are
-    order-independent (latest assertion wins), so the order changes no outcome. Any error
+    them one by one. Events are applied grouped by contact, in queue order within a contact;
+    the contacts and members themselves are locked up front in id order (handlers.preload),
+    so two workers take the row locks of overlapping batches in the same order. Any error
     rolls the whole batch back and is raised: the caller then runs the events one by one,
     so a poison event fails alone through RQ's retry and failed-job path.
     """
@@ -187,7 +187,11 @@ def process_events(
                 if not events:
                     db.session.rollback()
                     return results
-                events.sort(key=lambda e: (e.contact_key or "", e.id))
+                # Queue order within a contact (a stable sort on the contact only): a
+                # profile change stated in parts (first name, then last name, same instant)
+                # ends as it did one job at a time.
+                position = {event_id: n for n, event_id in enumerate(event_ids)}
+                events.sort(key=lambda e: (e.contact_key or "", position[e.id]))
                 slugs = _slugs({e.source_id for e in events})
                 touched: set[str] = set()
                 with preload.preloaded(_contact_keys(events)):
