@@ -14,8 +14,19 @@ from gatehouse.queue.worker import GatehouseWorker
     show_default=True,
     help="also run RQ's scheduler (retries with delays)",
 )
-def worker(burst: bool, with_scheduler: bool) -> None:
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    envvar="GATEHOUSE_WORKER_BATCH",
+    show_envvar=True,
+    help="event jobs taken and applied per transaction [default: 50; 1 = one job at a "
+    "time through RQ's own per-job path]",
+)
+def worker(burst: bool, with_scheduler: bool, batch_size: int | None) -> None:
     """Run a worker on the gatehouse queue, inside the app context."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     level = app.config["GATEHOUSE_LOG_LEVEL"]
-    GatehouseWorker(app).work(burst=burst, with_scheduler=with_scheduler, logging_level=level)
+    GatehouseWorker(app, batch_size=batch_size).work(
+        burst=burst, with_scheduler=with_scheduler, logging_level=level
+    )

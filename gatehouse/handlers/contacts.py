@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gatehouse.extensions import db
+from gatehouse.handlers import preload
 from gatehouse.handlers.outcome import Assertion, Outcome
 from gatehouse.models import Contact, Member
 
@@ -38,15 +39,21 @@ def lock_contact(
     Locking the contact (and then its member) serializes all work on one member: two
     workers never interleave updates to it.
     """
-    query = select(Contact).where(Contact.crm == crm, Contact.contact_id == contact_id)
-    contact = db.session.execute(query.with_for_update()).scalar_one_or_none()
+    pre = preload.current()
+    # Locked already by this batch's transaction (preload): no second statement.
+    contact = pre.contacts.get((crm, contact_id)) if pre is not None else None
     if contact is None:
-        if not create:
-            return None
-        _insert_contact(crm, contact_id)
-        contact = db.session.execute(
-            query.with_for_update().execution_options(populate_existing=True)
-        ).scalar_one()
+        query = select(Contact).where(Contact.crm == crm, Contact.contact_id == contact_id)
+        contact = db.session.execute(query.with_for_update()).scalar_one_or_none()
+        if contact is None:
+            if not create:
+                return None
+            _insert_contact(crm, contact_id)
+            contact = db.session.execute(
+                query.with_for_update().execution_options(populate_existing=True)
+            ).scalar_one()
+            if pre is not None:
+                pre.add_new_contact(crm, contact_id, contact)
     seen = {contact.id}
     while follow_aliases and contact.state == "merged" and contact.merged_into_id is not None:
         survivor = db.session.execute(
@@ -62,6 +69,9 @@ def lock_contact(
 def lock_member(member_id: str | None) -> Member | None:
     if member_id is None:
         return None
+    pre = preload.current()
+    if pre is not None and member_id in pre.members:
+        return pre.members[member_id]  # locked already by this batch's transaction
     return db.session.execute(
         select(Member).where(Member.id == member_id).with_for_update()
     ).scalar_one_or_none()

@@ -6,18 +6,25 @@ They raise on failure so RQ retries and records it; `on_job_failure` marks the e
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import time
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from gatehouse import metrics
 from gatehouse.access import cache
+from gatehouse.access.state import load_states
 from gatehouse.extensions import db
+from gatehouse.handlers import preload
 from gatehouse.handlers.dispatch import HANDLERS
 from gatehouse.handlers.outcome import Assertion, Outcome, Skip, Unmatched
-from gatehouse.models import Event, EventAttempt, Member, utcnow
+from gatehouse.models import Event, EventAttempt, Member, Source, utcnow
 
 log = logging.getLogger("gatehouse.handlers")
 RECOMPUTE_CHUNK = 1000
@@ -43,56 +50,180 @@ def apply_event(event: Event) -> Outcome:
     return outcome
 
 
+# Types whose handler talks to the outside world (an HTTP fetch) before it locks anything:
+# never inside a batch's transaction, where the wait would hold every lock of the batch.
+# A merge moves tag rows between contacts with its own queries: alone, so no batch-wide
+# preload (handlers.preload) can be stale after it.
+RUN_ALONE = frozenset({"contact.fetch", "contact.merged"})
+# Types whose handler opens one contact named in the payload (contact_events._open): their
+# contacts, members, tags and snapshots are locked and loaded for the batch up front.
+PRELOADED_TYPES = frozenset(
+    {
+        "member.provision",
+        "contact.updated",
+        "contact.tags_set",
+        "contact.tag_added",
+        "contact.tag_removed",
+        "contact.deleted",
+        "member.revoked",
+    }
+)
+
+
+def _finish(event: Event, started_at: datetime, slugs: dict[int, str]) -> tuple[Any, ...]:
+    """Apply one event in the current transaction and record its attempt (same transaction)."""
+    event.attempts += 1
+    outcome = apply_event(event)
+    finished_at = event.processed_at or utcnow()
+    db.session.add(
+        EventAttempt(
+            event_id=event.id,
+            number=event.attempts,
+            started_at=started_at,
+            finished_at=finished_at,
+        )
+    )
+    source = slugs.get(event.source_id) or str(event.source_id)
+    return outcome, (source, event.type, event.status, event.received_at, finished_at)
+
+
+def _slugs(source_ids: set[int]) -> dict[int, str]:
+    """One query per batch: a per-event lookup was a round trip per event."""
+    if not source_ids:
+        return {}
+    rows = db.session.execute(select(Source.id, Source.slug).where(Source.id.in_(source_ids)))
+    return {sid: slug for sid, slug in rows}
+
+
+@contextmanager
+def _writer_turn() -> Iterator[None]:
+    """On SQLite, workers take turns at the database's single write lock through a file lock.
+
+    SQLite's own wait for a busy database sleeps in steps of up to 100 ms, so two workers
+    that each hold the write lock for a batch mostly sleep while the other has finished long
+    ago; `flock` wakes the next one the moment the lock is free, so one worker's Redis work
+    overlaps the other's transaction. The kernel drops the lock when a process dies. Other
+    databases lock rows, not the database: nothing to do.
+    """
+    url = db.engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        yield
+        return
+    fd = os.open(f"{url.database}.worker-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _contact_keys(events: list[Event]) -> list[tuple[str, str]]:
+    keys = []
+    for event in events:
+        contact = event.payload.get("contact") if event.type in PRELOADED_TYPES else None
+        if isinstance(contact, dict) and isinstance(contact.get("crm"), str):
+            if isinstance(contact.get("id"), str):
+                keys.append((contact["crm"], contact["id"]))
+    return keys
+
+
+def _log_processed(event_id: str, counts: tuple[Any, ...], started: float) -> None:
+    # Built only when someone listens: at WARNING (production) a job costs no log record.
+    # Plain values captured before the commit: the rows are expired and detached by now.
+    if log.isEnabledFor(logging.INFO):
+        source, event_type, status = counts[:3]
+        log.info(
+            "job.processed",
+            extra={
+                "event_id": event_id,
+                "source": source,
+                "type": event_type,
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+
+
 def process_event(event_id: str) -> dict[str, Any]:
+    """Claim and apply one event in one transaction, then write its members' cache.
+
+    A crash before the commit leaves the event as it was (`queued`): the job is re-run from
+    RQ's started registry (see gatehouse.queue.worker), and `on_job_failure` counts the
+    attempt of a run that failed before its commit.
+    """
+    results = process_events([event_id], run_alone=())
+    return results[event_id]
+
+
+def process_events(
+    event_ids: Sequence[str], run_alone: Collection[str] = RUN_ALONE
+) -> dict[str, dict[str, Any]]:
+    """Apply a batch of events in ONE transaction, then write the cache of every touched member
+    in one pipeline. Returns each event's result, keyed by id.
+
+    Events whose type is in `run_alone` are left out (not in the result): the caller runs
+    them one by one. Events are applied grouped by contact, in queue order within a contact;
+    the contacts and members themselves are locked up front in id order (handlers.preload),
+    so two workers take the row locks of overlapping batches in the same order. Any error
+    rolls the whole batch back and is raised: the caller then runs the events one by one,
+    so a poison event fails alone through RQ's retry and failed-job path.
+    """
     started = time.perf_counter()
     started_at = utcnow()
-    source, event_type = None, None
+    results: dict[str, dict[str, Any]] = {}
+    finished: list[tuple[str, tuple[Any, ...]]] = []
+    answers: dict[str, Any] = {}
     try:
-        claimed = db.session.execute(
-            update(Event)
-            .where(Event.id == event_id)
-            .values(status="processing", attempts=Event.attempts + 1)
-            .returning(Event.id)
-        ).first()
-        db.session.commit()
-        if claimed is None:
-            return {"event": event_id, "status": "missing"}
-        event = db.session.get(Event, event_id)
-        assert event is not None
-        outcome = apply_event(event)
-        status = event.status
-        source, event_type = metrics.source_slug(event.source_id), event.type
-        finished_at = event.processed_at or utcnow()
-        finished = (source, event_type, status, event.received_at, finished_at)
-        # In the transaction that finishes the event: no extra round trip per job.
-        db.session.add(
-            EventAttempt(
-                event_id=event_id,
-                number=event.attempts,
-                started_at=started_at,
-                finished_at=finished_at,
-            )
-        )
-        db.session.commit()
-        metrics.count_finished(*finished)
-        # After the commit: a crash here re-runs the job, which writes the cache again.
-        cache.refresh(sorted(outcome.touched))
+        with _writer_turn():
+            try:
+                events = list(
+                    db.session.execute(select(Event).where(Event.id.in_(list(event_ids)))).scalars()
+                )
+                found = {event.id for event in events}
+                for event_id in event_ids:
+                    if event_id not in found:
+                        results[event_id] = {"event": event_id, "status": "missing"}
+                events = [e for e in events if e.type not in run_alone]
+                if not events:
+                    db.session.rollback()
+                    return results
+                # Queue order within a contact (a stable sort on the contact only): a
+                # profile change stated in parts (first name, then last name, same instant)
+                # ends as it did one job at a time.
+                position = {event_id: n for n, event_id in enumerate(event_ids)}
+                events.sort(key=lambda e: (e.contact_key or "", position[e.id]))
+                slugs = _slugs({e.source_id for e in events})
+                touched: set[str] = set()
+                with preload.preloaded(_contact_keys(events)):
+                    for event in events:
+                        outcome, counts = _finish(event, started_at, slugs)
+                        touched |= outcome.touched
+                        finished.append((event.id, counts))
+                        results[event.id] = {
+                            "event": event.id,
+                            "status": event.status,
+                            "members": sorted(outcome.touched),
+                        }
+                    # Computed inside the transaction, from exactly what it commits: no second
+                    # transaction (on SQLite, a second turn at the write lock) to read it back.
+                    answers = cache.compute(load_states(sorted(touched)))
+                    db.session.commit()
+            except BaseException:
+                db.session.rollback()  # before the next worker's turn, not after
+                raise
+        for _event, counts in finished:
+            metrics.count_finished(*counts)
+        # After the commit: a crash here re-runs the jobs, which write the cache again.
+        if answers:
+            cache.store(answers)
     except BaseException:
         db.session.rollback()
         raise
     finally:
         db.session.remove()
-    log.info(
-        "job.processed",
-        extra={
-            "event_id": event_id,
-            "source": source,
-            "type": event_type,
-            "status": status,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-        },
-    )
-    return {"event": event_id, "status": status, "members": sorted(outcome.touched)}
+    for event_id, counts in finished:
+        _log_processed(event_id, counts, started)
+    return results
 
 
 def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: Any) -> None:
@@ -112,29 +243,36 @@ def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb:
 def record_failure(
     event_id: str, error: str, last_try: bool, started_at: Any = None
 ) -> None:
-    """Keep the error on the event and on its attempt; the caller commits."""
-    db.session.execute(
-        update(Event)
-        .where(Event.id == event_id)
-        .values(status="failed" if last_try else "queued", last_error=error)
-    )
+    """Keep the error on the event and on its attempt; the caller commits.
+
+    A run that failed before its commit left no trace (claim and apply are one transaction),
+    so its attempt is counted here. A run that failed after its commit (on the cache write)
+    already recorded its attempt, started at or after the job's `started_at`: that one is
+    updated instead of counted twice.
+    """
     event = db.session.get(Event, event_id)
     if event is None:
         return
     now = utcnow()
-    # The attempt may already be recorded (the job failed after its commit, on the cache).
-    attempt = db.session.execute(
-        select(EventAttempt).where(
-            EventAttempt.event_id == event_id, EventAttempt.number == event.attempts
-        )
-    ).scalar_one_or_none()
+    if started_at is not None and started_at.tzinfo is None:
+        started_at = started_at.replace(tzinfo=now.tzinfo)
+    attempt = None
+    if started_at is not None and event.attempts:
+        attempt = db.session.execute(
+            select(EventAttempt).where(
+                EventAttempt.event_id == event_id,
+                EventAttempt.number == event.attempts,
+                EventAttempt.started_at >= started_at,
+            )
+        ).scalar_one_or_none()
     if attempt is None:
-        if started_at is not None and started_at.tzinfo is None:
-            started_at = started_at.replace(tzinfo=now.tzinfo)
+        event.attempts += 1
         attempt = EventAttempt(
             event_id=event_id, number=event.attempts, started_at=started_at or now
         )
         db.session.add(attempt)
+    event.status = "failed" if last_try else "queued"
+    event.last_error = error
     attempt.finished_at, attempt.error = now, error
     if last_try:
         source = metrics.source_slug(event.source_id)

@@ -1,34 +1,89 @@
-"""The worker: RQ's SimpleWorker (no fork per job) running inside the app context.
+"""The worker: RQ's SimpleWorker (no fork per job) running inside the app context, taking
+event jobs in batches.
 
 Jobs run in the worker process itself, so the app, its database pool and its Redis
 connection are set up once, not per job. Maintenance (RQ's registry cleanup plus our
-sweep) runs every GATEHOUSE_SWEEP_INTERVAL seconds, also while idle.
+sweep and the grace recompute) runs every GATEHOUSE_SWEEP_INTERVAL seconds, also while idle.
+
+Batches. RQ's own loop dequeues one job (BLMOVE into the queue's intermediate list, as
+stock RQ does). If it is an event job, up to `batch_size - 1` more are moved the same way
+in one round trip, and then the batch goes through the same states RQ's per-job path
+writes, with RQ's own methods, one pipeline per step instead of one per job:
+
+1. started: an Execution per job (StartedJobRegistry entry, execution hash, the worker's
+   execution set), the job hash `started` with worker name and heartbeat, the job removed
+   from the intermediate list;
+2. the events are applied in one database transaction (`process_events`), and the cache of
+   every touched member is written in one pipeline;
+3. finished: status, result (the job's result_ttl), FinishedJobRegistry, executions removed,
+   the worker's counters.
+
+If the batch raises, its transaction is rolled back and each job then runs alone through
+RQ's ordinary `perform_job` (its own retry, FailedJobRegistry and `on_job_failure` path),
+so a poison event fails alone. Other jobs (recompute, replay) always take the ordinary path.
+
+Crash safety. Nothing of a batch is committed until its single commit; a SIGKILL before it
+leaves the events `queued` and the jobs in the StartedJobRegistry. A batch registers its
+executions with a short TTL (`BATCH_TTL`) that a heartbeat thread extends while the batch
+runs, so once the process is gone its entries expire within BATCH_TTL seconds, and the next
+maintenance tick of any worker (RQ's StartedJobRegistry.cleanup) calls `on_job_failure`
+(AbandonedJobError) and retries the jobs per their Retry policy: an abandoned batch re-runs
+within BATCH_TTL + the sweep interval + the first retry interval (15 + 15 + 10 s by default).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
 from flask import Flask
-from rq.worker import SimpleWorker
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.timeouts import JobTimeoutException
+from rq.utils import as_text, get_version, import_attribute, now
+from rq.worker import SimpleWorker, WorkerStatus
 from sqlalchemy.exc import SQLAlchemyError
 
 from gatehouse.extensions import redis_client
-from gatehouse.queue.enqueue import get_queue
+from gatehouse.queue.enqueue import PROCESS_EVENT, get_queue
 from gatehouse.queue.grace import recompute_due
 from gatehouse.queue.sweep import sweep
 
 log = logging.getLogger("gatehouse.queue")
 
+# The queue never imports the handlers: referenced by import path, like the jobs themselves.
+PROCESS_EVENTS = "gatehouse.handlers.jobs.process_events"
+DEFAULT_BATCH = 50
+BATCH_TTL = 15  # seconds a batch's StartedJobRegistry entries live without a heartbeat
+HEARTBEAT_EVERY = 5.0
+
+
+def batchable(job: Job) -> bool:
+    """Only plain event jobs: no success callback, no dependents, no repeats (enqueue_events
+    makes none), so finishing them needs nothing beyond what `_finish_batch` writes."""
+    return (
+        job.func_name == PROCESS_EVENT
+        and job._success_callback_name is None
+        and job.repeats_left is None
+        and not job._dependency_ids
+    )
+
 
 class GatehouseWorker(SimpleWorker):
-    def __init__(self, app: Flask, **kwargs: Any) -> None:
+    def __init__(self, app: Flask, batch_size: int | None = None, **kwargs: Any) -> None:
         self.app = app
         interval = int(app.config["GATEHOUSE_SWEEP_INTERVAL"])
         kwargs.setdefault("maintenance_interval", interval)
         super().__init__([get_queue(app)], connection=redis_client.get(app), **kwargs)
+        size = batch_size if batch_size is not None else app.config.get("GATEHOUSE_WORKER_BATCH")
+        self.batch_size = max(1, int(size or DEFAULT_BATCH))
+        self._process_events: Callable[..., dict[str, dict[str, Any]]] | None = None
 
     @property
     def dequeue_timeout(self) -> int:
@@ -49,3 +104,144 @@ class GatehouseWorker(SimpleWorker):
             recompute_due(self.app)
         except (redis.RedisError, SQLAlchemyError) as exc:
             log.warning("grace.failed", extra={"error": str(exc)})
+
+    # --- batches -----------------------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        if self.batch_size <= 1 or not batchable(job):
+            super().execute_job(job, queue)
+            return
+        jobs = [job, *self._take_more(queue, self.batch_size - 1)]
+        batch = [j for j in jobs if batchable(j)]
+        others = [j for j in jobs if not batchable(j)]
+        self._run_batch(batch, queue)
+        for other in others:
+            super().execute_job(other, queue)
+
+    def _uses_intermediate_queue(self) -> bool:
+        # The same condition as rq's Queue.dequeue_any: LMOVE into the intermediate list.
+        return len(self.queues) == 1 and get_version(self.connection) >= (6, 2, 0)
+
+    def _take_more(self, queue: Queue, count: int) -> list[Job]:
+        """Up to `count` more jobs, moved the way RQ's own dequeue moves one, one round trip."""
+        intermediate = self._uses_intermediate_queue()
+        with self.connection.pipeline(transaction=False) as pipe:
+            for _ in range(count):
+                if intermediate:
+                    pipe.lmove(queue.key, queue.intermediate_queue_key)
+                else:
+                    pipe.lpop(queue.key)
+            ids = [as_text(x) for x in pipe.execute() if x is not None]
+        if not ids:
+            return []
+        jobs = []
+        gone = []
+        for job_id, job in zip(
+            ids,
+            Job.fetch_many(ids, connection=self.connection, serializer=self.serializer),
+            strict=True,
+        ):
+            if job is None:
+                gone.append(job_id)  # deleted meanwhile: RQ's dequeue skips it the same way
+            else:
+                job.redis_server_version = self.get_redis_server_version()
+                jobs.append(job)
+        if gone and intermediate:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for job_id in gone:
+                    pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+                pipe.execute()
+        return jobs
+
+    def _start_batch(self, jobs: list[Job], queue: Queue) -> list[Execution]:
+        """What prepare_execution + prepare_job_execution write per job, in one pipeline."""
+        intermediate = self._uses_intermediate_queue()
+        executions = []
+        with self.connection.pipeline() as pipe:
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            self.heartbeat(self.worker_ttl + 60, pipeline=pipe)
+            for job in jobs:
+                execution = Execution.create(job, BATCH_TTL, pipeline=pipe, worker_name=self.name)
+                self.executions[execution.id] = execution
+                executions.append(execution)
+                job.heartbeat(now(), BATCH_TTL, pipeline=pipe)
+                job.prepare_for_execution(self.name, pipeline=pipe)
+                pipe.persist(job.key)
+                if intermediate:
+                    pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipe.execute()
+        self.procline(f"Processing a batch of {len(jobs)} from {queue.name}")
+        return executions
+
+    @contextmanager
+    def _heartbeats(self, jobs: list[Job], executions: list[Execution]) -> Iterator[None]:
+        """Keep the batch's StartedJobRegistry entries alive while this process is."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_EVERY):
+                try:
+                    with self.connection.pipeline(transaction=False) as pipe:
+                        for job, execution in zip(jobs, executions, strict=True):
+                            if execution.id in self.executions:
+                                execution.heartbeat(job.started_job_registry, BATCH_TTL, pipe)
+                        self.heartbeat(self.worker_ttl + 60, pipeline=pipe)
+                        pipe.execute()
+                except redis.RedisError as exc:
+                    log.warning("batch.heartbeat_failed", extra={"error": str(exc)})
+
+        thread = threading.Thread(target=beat, name="gatehouse-batch-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _run_batch(self, jobs: list[Job], queue: Queue) -> None:
+        executions = self._start_batch(jobs, queue)
+        with self._heartbeats(jobs, executions):
+            if self._process_events is None:
+                self._process_events = import_attribute(PROCESS_EVENTS)
+            ids = [str(job.args[0]) for job in jobs]
+            timeout = max(int(job.timeout or Queue.DEFAULT_TIMEOUT) for job in jobs)
+            try:
+                with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
+                    results = self._process_events(ids)
+            except Exception:
+                # Rolled back: each job runs alone, so only a poison event fails.
+                log.warning("batch.fallback", extra={"jobs": len(jobs)}, exc_info=sys.exc_info())
+                results = {}
+            done = [(j, e) for j, e in zip(jobs, executions, strict=True) if j.id in results]
+            if done:
+                self._finish_batch(done, [results[j.id] for j, _e in done])
+            for job, execution in zip(jobs, executions, strict=True):
+                if job.id not in results:
+                    self.perform_job(job, queue, execution)
+        self.set_state(WorkerStatus.IDLE)
+
+    def _finish_batch(
+        self, done: list[tuple[Job, Execution]], values: list[dict[str, Any]]
+    ) -> None:
+        """What handle_job_success writes per job, in one pipeline (MULTI/EXEC, as RQ's)."""
+        with self.connection.pipeline() as pipe:
+            for (job, execution), value in zip(done, values, strict=True):
+                job.ended_at = now()
+                job._result = value
+                job._status = JobStatus.FINISHED
+                self.increment_successful_job_count(pipeline=pipe)
+                assert job.started_at is not None
+                self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+                result_ttl = job.get_result_ttl(self.default_result_ttl)
+                if result_ttl != 0:
+                    job._handle_success(
+                        result_ttl,
+                        pipeline=pipe,
+                        worker_name=self.name,
+                        execution_id=execution.id,
+                        execution_started_at=execution.created_at,
+                        execution_ended_at=job.ended_at,
+                    )
+                job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+                self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            pipe.execute()

@@ -1,0 +1,298 @@
+"""The batch worker: event jobs taken several at a time, applied in one transaction, with
+RQ's own registries and job hashes left exactly as RQ's per-job path leaves them."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.utils import current_timestamp
+from rq.worker import SimpleWorker
+from sqlalchemy import func, select
+
+from gatehouse.extensions import db, redis_client
+from gatehouse.models import Event, EventAttempt, Source, new_id, utcnow
+from gatehouse.queue import enqueue_events, get_queue
+from gatehouse.queue.worker import BATCH_TTL, GatehouseWorker
+from tests.conftest import make_app
+from tests.handlers.test_tag_ordering import (
+    TAGS,
+    Spec,
+    latest_assertion_oracle,
+    outcome,
+    store,
+)
+from tests.helpers import create_source
+
+
+def burst(app: Flask, batch_size: int = 10) -> GatehouseWorker:
+    worker = GatehouseWorker(app, batch_size=batch_size)
+    worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+    return worker
+
+
+def scenario(rng: random.Random, contacts: int, per_contact: int) -> dict[str, list[Spec]]:
+    out = {}
+    for c in range(contacts):
+        specs = [Spec("member.provision", 0, tags=("101",))]
+        for second in range(1, per_contact):
+            kind = rng.choice(["contact.tags_set", "contact.tag_added", "contact.tag_removed"])
+            if kind == "contact.tags_set":
+                specs.append(Spec(kind, second, tags=tuple(rng.sample(TAGS, rng.randint(0, 3)))))
+            else:
+                specs.append(Spec(kind, second, tag=rng.choice(TAGS)))
+        out[f"batch{c}-{rng.randrange(10**6)}"] = specs
+    return out
+
+
+def broken_event(tag: str | None = None) -> str:
+    """A tag event whose payload names no tag (a poison event) unless `tag` is given."""
+    if db.session.execute(select(Source.id).where(Source.slug == "bridge")).scalar() is None:
+        create_source("bridge", "standard", crm="keap")
+    source_id = db.session.execute(select(Source.id).where(Source.slug == "bridge")).scalar_one()
+    event_id = new_id()
+    payload: dict[str, Any] = {"type": "contact.tag_added", "contact": {"id": "p1", "crm": "keap"}}
+    if tag is not None:
+        payload["tag"] = tag
+    db.session.add(
+        Event(
+            id=event_id,
+            source_id=source_id,
+            external_id=f"msg_{event_id}",
+            type="contact.tag_added",
+            occurred_at=utcnow(),
+            status="queued",
+            payload=payload,
+            contact_key="keap:p1",
+        )
+    )
+    db.session.commit()
+    return event_id
+
+
+def test_a_shuffled_burst_with_redeliveries_ends_like_in_order_processing(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gatehouse")  # the per-job line is built at INFO
+    rng = random.Random(7)
+    plan = scenario(rng, contacts=8, per_contact=12)
+    ids = [event_id for cid, specs in plan.items() for event_id in store(specs, cid)]
+    order = list(ids)
+    rng.shuffle(order)
+    assert enqueue_events(order)
+    redelivered = rng.sample(ids, 10)
+    assert enqueue_events(redelivered)  # the same job id queued again runs again
+
+    worker = burst(app, batch_size=16)
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert "batch.fallback" not in messages  # every batch committed as one
+    assert messages.count("job.processed") == len(order) + len(redelivered)
+    for contact_id, specs in plan.items():
+        tags, access = outcome(contact_id)
+        assert tags == latest_assertion_oracle(specs), contact_id
+        assert access is not None
+    statuses = set(db.session.execute(select(Event.status)).scalars())
+    assert statuses <= {"processed", "skipped"}
+    # One attempt per run: a redelivered event ran twice, every other event once.
+    attempts = dict(db.session.execute(select(Event.id, Event.attempts)).all())
+    assert {i: attempts[i] for i in ids} == {i: 2 if i in redelivered else 1 for i in ids}
+    rows = db.session.execute(select(func.count()).select_from(EventAttempt)).scalar_one()
+    assert rows == len(ids) + len(redelivered)
+    db.session.rollback()
+
+    queue = get_queue(app)
+    assert queue.count == 0
+    assert queue.started_job_registry.get_job_ids() == []
+    assert sorted(queue.finished_job_registry.get_job_ids()) == sorted(ids)
+    client = redis_client.get(app)
+    assert client.llen(queue.intermediate_queue_key) == 0
+    for job in Job.fetch_many(ids, connection=client):
+        assert job is not None
+        assert job.get_status() == JobStatus.FINISHED
+        assert job.worker_name == worker.name
+        result = job.latest_result()
+        assert result is not None and result.type == Result.Type.SUCCESSFUL
+        assert result.return_value["event"] == job.id
+    # RQ's own counters for the worker are kept per job, as its per-job path keeps them.
+    assert int(client.hget(worker.key, "successful_job_count") or 0) == len(order) + 10
+
+
+# Fields that differ between two runs of the same kind of job whatever the worker does.
+VARYING = {
+    "created_at",
+    "enqueued_at",
+    "started_at",
+    "ended_at",
+    "last_heartbeat",
+    "data",
+    "description",
+    "worker_name",
+}
+
+
+def _job_hash(client: Any, job_id: str) -> dict[str, bytes]:
+    raw = client.hgetall(f"rq:job:{job_id}")
+    return {k.decode(): v for k, v in raw.items()}
+
+
+def test_a_batch_leaves_rq_structures_as_stock_rq_leaves_them(app: Flask) -> None:
+    """Field by field (modulo timestamps), so an RQ upgrade that changes the format fails."""
+    client = redis_client.get(app)
+    queue = get_queue(app)
+    stock_id, batch_id = broken_event(tag="101"), broken_event(tag="102")
+
+    assert enqueue_events([stock_id])
+    stock = SimpleWorker([queue], connection=client)
+    with app.app_context():
+        stock.work(burst=True, with_scheduler=False, logging_level="WARNING")
+    assert enqueue_events([batch_id])
+    batch = burst(app, batch_size=10)
+
+    a, b = _job_hash(client, stock_id), _job_hash(client, batch_id)
+    assert set(a) == set(b)
+    assert {k: v for k, v in a.items() if k not in VARYING} == {
+        k: v for k, v in b.items() if k not in VARYING
+    }
+    assert b["worker_name"].decode() == batch.name
+    for field in ("started_at", "ended_at", "last_heartbeat"):
+        assert b[field]
+    # The same expiry (the job's result_ttl) on the job hash and the result stream.
+    assert abs(client.ttl(f"rq:job:{stock_id}") - client.ttl(f"rq:job:{batch_id}")) <= 2
+    assert abs(client.ttl(Result.get_key(stock_id)) - client.ttl(Result.get_key(batch_id))) <= 2
+
+    # RQ's own readers see the same thing.
+    for job_id in (stock_id, batch_id):
+        job = Job.fetch(job_id, connection=client)
+        assert job.get_status() == JobStatus.FINISHED
+        result = job.latest_result()
+        assert result is not None and result.type == Result.Type.SUCCESSFUL
+        assert result.return_value["status"] == "skipped"  # no member linked: kept on contact
+        assert job_id in queue.finished_job_registry
+        assert job_id not in queue.started_job_registry
+        assert job.get_executions() == []
+    finished = client.zrange(queue.finished_job_registry.key, 0, -1, withscores=True)
+    scores = {m.decode(): s for m, s in finished}
+    assert abs(scores[stock_id] - scores[batch_id]) <= 2
+    # Nothing else was left: no execution hash, no execution registry, no intermediate entry.
+    assert client.keys("rq:execution:*") == []
+    assert client.keys("rq:executions:*") == []
+    assert client.llen(queue.intermediate_queue_key) == 0
+    for name in (stock.key, batch.key):
+        assert int(client.hget(name, "successful_job_count") or 0) == 1
+        assert float(client.hget(name, "total_working_time") or 0) > 0
+
+
+def test_a_poison_event_in_a_batch_fails_alone(app: Flask) -> None:
+    assert app.config["GATEHOUSE_RETRY_INTERVALS"] == []  # its first failure is its last
+    good = [broken_event(tag=str(100 + n)) for n in range(6)]
+    poison = broken_event()
+    assert enqueue_events([*good[:3], poison, *good[3:]])
+
+    burst(app, batch_size=10)
+
+    db.session.rollback()
+    rows = {e.id: e for e in db.session.execute(select(Event)).scalars()}
+    assert rows[poison].status == "failed" and rows[poison].attempts == 1
+    assert (rows[poison].last_error or "").startswith("KeyError")
+    for event_id in good:
+        assert rows[event_id].status == "skipped" and rows[event_id].attempts == 1
+        assert rows[event_id].last_error is None
+    db.session.rollback()
+    queue = get_queue(app)
+    assert queue.failed_job_registry.get_job_ids() == [poison]
+    assert sorted(queue.finished_job_registry.get_job_ids()) == sorted(good)
+    job = Job.fetch(poison, connection=redis_client.get(app))
+    assert job.get_status() == JobStatus.FAILED
+    result = job.latest_result()
+    assert result is not None and result.type == Result.Type.FAILED
+    assert "KeyError" in (result.exc_string or "")
+
+
+def test_a_poison_event_is_retried_then_failed_while_the_rest_of_its_batch_finishes(
+    app: Flask, database_url: str, redis_server: Any
+) -> None:
+    retrying = make_app(database_url, redis_server.url, GATEHOUSE_RETRY_INTERVALS=[0, 0])
+    good = [broken_event(tag=str(100 + n)) for n in range(4)]
+    poison = broken_event()
+    assert enqueue_events([poison, *good], retrying)
+
+    burst(retrying, batch_size=10)
+
+    db.session.rollback()
+    rows = {e.id: e for e in db.session.execute(select(Event)).scalars()}
+    assert rows[poison].status == "failed"
+    assert rows[poison].attempts == 3  # the first try and two retries
+    assert all(rows[g].status == "skipped" and rows[g].attempts == 1 for g in good)
+    db.session.rollback()
+    assert get_queue(retrying).failed_job_registry.get_job_ids() == [poison]
+
+
+def test_an_abandoned_batch_is_rerun_once_its_short_ttl_expires(
+    app: Flask, database_url: str, redis_server: Any
+) -> None:
+    """A worker SIGKILLed mid-batch: its jobs sit in the started registry with no heartbeat.
+
+    Simulated by starting a batch and never finishing it (what a kill leaves in Redis; the
+    database transaction was never committed). RQ's own registry cleanup, run by any
+    worker's maintenance, re-queues them once BATCH_TTL has passed.
+    """
+    retrying = make_app(database_url, redis_server.url, GATEHOUSE_RETRY_INTERVALS=[0])
+    ids = [broken_event(tag=str(100 + n)) for n in range(3)]
+    assert enqueue_events(ids, retrying)
+    queue = get_queue(retrying)
+    dead = GatehouseWorker(retrying, batch_size=10)
+    with retrying.app_context():
+        first = queue.dequeue_any([queue], None, connection=queue.connection)
+        assert first is not None
+        jobs = [first[0], *dead._take_more(queue, 9)]
+        dead._start_batch(jobs, queue)
+    assert sorted(queue.started_job_registry.get_job_ids()) == sorted(ids)
+    expires = [
+        s
+        for _m, s in queue.connection.zrange(queue.started_job_registry.key, 0, -1, withscores=True)
+    ]
+    assert max(expires) <= current_timestamp() + BATCH_TTL + 1
+
+    with retrying.app_context():
+        # What the next maintenance tick does once the entries expired.
+        queue.started_job_registry.cleanup(timestamp=current_timestamp() + BATCH_TTL + 1)
+    assert sorted(queue.get_job_ids()) == sorted(ids)  # retried at once (interval 0)
+
+    burst(retrying, batch_size=10)
+
+    db.session.rollback()
+    rows = {e.id: e for e in db.session.execute(select(Event)).scalars()}
+    # The abandoned run is counted (on_job_failure), then the re-run applies the event.
+    assert all(rows[i].status == "skipped" and rows[i].attempts == 2 for i in ids)
+    db.session.rollback()
+    assert sorted(queue.finished_job_registry.get_job_ids()) == sorted(ids)
+    assert queue.started_job_registry.get_job_ids() == []
+
+
+def test_the_batch_heartbeat_keeps_a_long_batch_alive(app: Flask, monkeypatch: Any) -> None:
+    from gatehouse.queue import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "HEARTBEAT_EVERY", 0.2)
+    ids = [broken_event(tag="101")]
+    assert enqueue_events(ids)
+    queue = get_queue(app)
+    w = GatehouseWorker(app, batch_size=10)
+    with app.app_context():
+        first = queue.dequeue_any([queue], None, connection=queue.connection)
+        assert first is not None
+        executions = w._start_batch([first[0]], queue)
+        key, member = queue.started_job_registry.key, executions[0].composite_key
+        before = queue.connection.zscore(key, member)
+        with w._heartbeats([first[0]], executions):
+            time.sleep(1.3)
+        after = queue.connection.zscore(key, member)
+    assert before is not None and after is not None and after >= before + 1
+    assert timedelta(seconds=after - time.time()) <= timedelta(seconds=BATCH_TTL + 1)
