@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import click
 from flask import current_app
 
@@ -27,6 +29,12 @@ def worker(burst: bool, with_scheduler: bool, batch_size: int | None) -> None:
     """Run a worker on the gatehouse queue, inside the app context."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     level = app.config["GATEHOUSE_LOG_LEVEL"]
-    GatehouseWorker(app, batch_size=batch_size).work(
-        burst=burst, with_scheduler=with_scheduler, logging_level=level
-    )
+    while True:
+        worker = GatehouseWorker(app, batch_size=batch_size)
+        worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=level)
+        if burst or worker._stop_requested:
+            return
+        # RQ's loop gives up on some Redis failures (a timeout, an error in maintenance).
+        # Under honcho or systemd one exiting process stops or flaps the rest: start again.
+        click.echo("worker: the loop ended without a stop request; restarting in 2 s", err=True)
+        time.sleep(2)
