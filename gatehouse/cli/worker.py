@@ -32,7 +32,7 @@ def worker(burst: bool, with_scheduler: bool, batch_size: int | None) -> None:
     while True:
         worker = GatehouseWorker(app, batch_size=batch_size)
         worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=level)
-        if burst or worker._stop_requested:
+        if burst or worker.stop_signalled:
             return
         # RQ's loop gives up on some Redis failures (a timeout, an error in maintenance).
         # Under honcho or systemd one exiting process stops or flaps the rest: start again.

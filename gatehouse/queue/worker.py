@@ -84,11 +84,17 @@ class GatehouseWorker(SimpleWorker):
         size = batch_size if batch_size is not None else app.config.get("GATEHOUSE_WORKER_BATCH")
         self.batch_size = max(1, int(size or DEFAULT_BATCH))
         self._process_events: Callable[..., dict[str, dict[str, Any]]] | None = None
+        # Set by SIGINT/SIGTERM; RQ's own flag stays False when the stop finds it idle.
+        self.stop_signalled = False
 
     @property
     def dequeue_timeout(self) -> int:
         # Wake up at least once per maintenance interval so the sweep runs while idle.
         return max(1, min(self.worker_ttl - 15, int(self.maintenance_interval)))
+
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        self.stop_signalled = True
+        super().request_stop(signum, frame)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         with self.app.app_context():
