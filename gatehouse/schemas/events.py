@@ -17,6 +17,20 @@ MAX_TAGS = 5000
 _id = validate.Length(min=1, max=128)
 _tag = fields.String(validate=validate.Length(min=1, max=128))
 
+# Stripe's subscription statuses, which every billing sender is translated into.
+SUBSCRIPTION_STATUSES = frozenset(
+    {
+        "active",
+        "trialing",
+        "past_due",
+        "incomplete",
+        "incomplete_expired",
+        "paused",
+        "unpaid",
+        "canceled",
+    }
+)
+
 CANONICAL_TYPES = (
     "member.provision",
     "contact.updated",
@@ -51,18 +65,7 @@ class SubscriptionSchema(Schema):
     product = fields.String(load_default=None, allow_none=True, validate=_id)
     status = fields.String(
         required=True,
-        validate=validate.OneOf(
-            [
-                "active",
-                "trialing",
-                "past_due",
-                "incomplete",
-                "incomplete_expired",
-                "paused",
-                "unpaid",
-                "canceled",
-            ]
-        ),
+        validate=validate.OneOf(sorted(SUBSCRIPTION_STATUSES)),
     )
     current_period_end = fields.AwareDateTime(load_default=None, allow_none=True)
     # The provider's customer id (Stripe `cus_…`) and what may link it to a member.

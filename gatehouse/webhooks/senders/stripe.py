@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from gatehouse.schemas.events import SUBSCRIPTION_STATUSES
 from gatehouse.webhooks.errors import InvalidEvent, InvalidSignature
 from gatehouse.webhooks.senders.base import (
     BaseSender,
@@ -25,18 +26,7 @@ from gatehouse.webhooks.signatures import any_signature_matches, check_timestamp
 
 # Statuses Stripe never moves a subscription out of.
 FINAL_STATUSES = frozenset({"canceled", "incomplete_expired"})
-STATUSES = frozenset(
-    {
-        "active",
-        "trialing",
-        "past_due",
-        "incomplete",
-        "incomplete_expired",
-        "paused",
-        "unpaid",
-        "canceled",
-    }
-)
+STATUSES = SUBSCRIPTION_STATUSES
 
 # Known event types that never change access: stored as `skipped` saying so, so that
 # subscribing to more events than needed in the dashboard is harmless and visible.
