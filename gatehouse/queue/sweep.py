@@ -9,22 +9,26 @@ several workers at once: a Redis lock keeps it to one at a time, and jobs are id
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import redis
 from flask import Flask, current_app
+from rq import Queue
+from rq.registry import ScheduledJobRegistry
 from sqlalchemy import or_, select, update
 
 from gatehouse.extensions import db, redis_client
 from gatehouse.models import Event, utcnow
-from gatehouse.queue.enqueue import enqueue_events
+from gatehouse.queue.enqueue import enqueue_events, get_queue
 
 log = logging.getLogger("gatehouse.queue")
 LOCK_KEY = "gatehouse:sweep-lock"
 BATCH = 1000
 # RQ job states that mean the job will still run (or is running).
-ALIVE = {b"queued", b"started", b"scheduled", b"deferred"}
+# A retry due this long ago should have been moved to the queue by RQ's scheduler.
+SCHEDULER_SLACK = 60
 
 
 @dataclass
@@ -39,12 +43,31 @@ class SweepResult:
         return self.received + self.lost + self.stuck
 
 
-def _job_states(client: redis.Redis, ids: list[str]) -> list[bytes | None]:
-    with client.pipeline(transaction=False) as pipe:
+def _jobs_alive(client: redis.Redis, queue: Queue, ids: list[str]) -> list[bool]:
+    """Whether RQ will still run each job: its hash says so *and* it sits where that state
+    lives. A job hash can survive while its place in the queue list does not (a worker or
+    Redis dying mid-move), and a retry can sit in the scheduled registry with no scheduler
+    left to move it; such jobs would otherwise wait forever.
+    """
+    scheduled_key = ScheduledJobRegistry(queue=queue).key
+    with client.pipeline(transaction=True) as pipe:
         for event_id in ids:
             pipe.hget(f"rq:job:{event_id}", "status")
-        states: list[bytes | None] = pipe.execute()
-        return states
+            pipe.lpos(queue.key, event_id)
+            pipe.lpos(queue.intermediate_queue_key, event_id)
+            pipe.zscore(scheduled_key, event_id)
+        answers = pipe.execute()
+    overdue = time.time() - SCHEDULER_SLACK
+    alive = []
+    for i in range(len(ids)):
+        state, in_queue, in_intermediate, due = answers[4 * i : 4 * i + 4]
+        if state == b"queued":
+            alive.append(in_queue is not None or in_intermediate is not None)
+        elif state == b"scheduled":
+            alive.append(due is not None and float(due) > overdue)
+        else:
+            alive.append(state in (b"started", b"deferred"))
+    return alive
 
 
 def sweep(app: Flask | None = None, *, grace_seconds: int | None = None) -> SweepResult:
@@ -80,13 +103,13 @@ def sweep(app: Flask | None = None, *, grace_seconds: int | None = None) -> Swee
             if not rows:
                 break
             last = rows[-1][0]
-            states = _job_states(client, [r[0] for r in rows])
+            states = _jobs_alive(client, get_queue(app), [r[0] for r in rows])
             to_queue: list[str] = []
-            for (event_id, status), job_state in zip(rows, states, strict=True):
+            for (event_id, status), job_alive in zip(rows, states, strict=True):
                 if status == "received":
                     to_queue.append(event_id)
                     result.received += 1
-                elif status == "queued" and job_state not in ALIVE:
+                elif status == "queued" and not job_alive:
                     to_queue.append(event_id)
                     result.lost += 1
                 elif status == "processing":

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
+from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select, update
 
 from gatehouse.access.rules import parse_rules_text
@@ -204,3 +205,54 @@ def test_the_worker_sweeps_during_maintenance(app: Flask, client: FlaskClient) -
     run_worker(app)
 
     assert status_of(event_id) == "processed"
+
+
+def test_queued_event_whose_job_left_the_queue_list_is_queued_again(
+    app: Flask, client: FlaskClient
+) -> None:
+    """Found by the chaos run: the job hash said `queued` but nothing would ever pop it."""
+    event_id = post_genpass(client)
+    queue = get_queue(app)
+    redis_client.get(app).lrem(queue.key, 0, event_id)
+    assert redis_client.get(app).hget(f"rq:job:{event_id}", "status") == b"queued"
+
+    result = sweep_cli(app)
+
+    assert "1 lost from Redis" in result.output
+    run_worker(app)
+    assert status_of(event_id) == "processed"
+
+
+def test_retry_long_overdue_in_the_scheduled_registry_is_queued_again(
+    app: Flask, client: FlaskClient
+) -> None:
+    """A retry whose scheduler died with its worker would wait forever."""
+    event_id = post_genpass(client)
+    queue = get_queue(app)
+    client_ = redis_client.get(app)
+    client_.lrem(queue.key, 0, event_id)
+    client_.hset(f"rq:job:{event_id}", "status", "scheduled")
+    registry = ScheduledJobRegistry(queue=queue)
+    client_.zadd(registry.key, {event_id: utcnow().timestamp() - 600})
+
+    result = sweep_cli(app)
+
+    assert "1 lost from Redis" in result.output
+    run_worker(app)
+    assert status_of(event_id) == "processed"
+
+
+def test_retry_scheduled_for_later_is_left_to_the_scheduler(
+    app: Flask, client: FlaskClient
+) -> None:
+    event_id = post_genpass(client)
+    queue = get_queue(app)
+    client_ = redis_client.get(app)
+    client_.lrem(queue.key, 0, event_id)
+    client_.hset(f"rq:job:{event_id}", "status", "scheduled")
+    client_.zadd(ScheduledJobRegistry(queue=queue).key, {event_id: utcnow().timestamp() + 600})
+
+    result = sweep_cli(app)
+
+    assert "Queued 0 event(s)" in result.output
+    assert status_of(event_id) == "queued"
