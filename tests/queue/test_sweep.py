@@ -223,17 +223,21 @@ def test_queued_event_whose_job_left_the_queue_list_is_queued_again(
     assert status_of(event_id) == "processed"
 
 
+def schedule_retry(app: Flask, event_id: str, due_in: float) -> None:
+    """Put the event's job where RQ keeps a retry waiting for its scheduler."""
+    queue = get_queue(app)
+    client = redis_client.get(app)
+    client.lrem(queue.key, 0, event_id)
+    client.hset(f"rq:job:{event_id}", "status", "scheduled")
+    client.zadd(ScheduledJobRegistry(queue=queue).key, {event_id: utcnow().timestamp() + due_in})
+
+
 def test_retry_long_overdue_in_the_scheduled_registry_is_queued_again(
     app: Flask, client: FlaskClient
 ) -> None:
     """A retry whose scheduler died with its worker would wait forever."""
     event_id = post_genpass(client)
-    queue = get_queue(app)
-    client_ = redis_client.get(app)
-    client_.lrem(queue.key, 0, event_id)
-    client_.hset(f"rq:job:{event_id}", "status", "scheduled")
-    registry = ScheduledJobRegistry(queue=queue)
-    client_.zadd(registry.key, {event_id: utcnow().timestamp() - 600})
+    schedule_retry(app, event_id, due_in=-600)
 
     result = sweep_cli(app)
 
@@ -246,11 +250,7 @@ def test_retry_scheduled_for_later_is_left_to_the_scheduler(
     app: Flask, client: FlaskClient
 ) -> None:
     event_id = post_genpass(client)
-    queue = get_queue(app)
-    client_ = redis_client.get(app)
-    client_.lrem(queue.key, 0, event_id)
-    client_.hset(f"rq:job:{event_id}", "status", "scheduled")
-    client_.zadd(ScheduledJobRegistry(queue=queue).key, {event_id: utcnow().timestamp() + 600})
+    schedule_retry(app, event_id, due_in=600)
 
     result = sweep_cli(app)
 
