@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
@@ -120,7 +119,7 @@ def receive(slug: str) -> Response | tuple[Response, int]:
     except SQLAlchemyError:
         db.session.rollback()
         log.warning("webhook.source_lookup_failed", extra={"source": slug}, exc_info=True)
-        return _unavailable(SENDERS.get("standard"), 503)
+        return _unavailable(503)
 
     if not events:
         return jsonify({"status": "accepted", "events": []}), 202
@@ -141,7 +140,7 @@ def receive(slug: str) -> Response | tuple[Response, int]:
     except SQLAlchemyError:
         db.session.rollback()
         log.warning("webhook.store_failed", extra={"source": slug}, exc_info=True)
-        return _unavailable(sender, sender.unavailable_status)
+        return _unavailable(sender.unavailable_status)
 
     queued = enqueue_events(stored.new_ids)
     if not queued:
@@ -166,7 +165,7 @@ def receive(slug: str) -> Response | tuple[Response, int]:
     return jsonify({"status": status, "events": stored.ids}), 200 if duplicate else 202
 
 
-def _unavailable(sender: Any, status: int) -> Response:
+def _unavailable(status: int) -> Response:
     response = jsonify({"error": "unavailable", "detail": "the event could not be stored; retry"})
     response.status_code = status
     response.headers["Retry-After"] = "30"
