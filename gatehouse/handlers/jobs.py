@@ -21,7 +21,7 @@ from gatehouse import metrics
 from gatehouse.access import cache
 from gatehouse.access.state import load_states
 from gatehouse.extensions import db
-from gatehouse.handlers import preload
+from gatehouse.handlers import contact_events, preload
 from gatehouse.handlers.dispatch import HANDLERS
 from gatehouse.handlers.outcome import Assertion, Outcome, Skip, Unmatched
 from gatehouse.models import Event, EventAttempt, Member, Source, utcnow
@@ -58,15 +58,7 @@ RUN_ALONE = frozenset({"contact.fetch", "contact.merged"})
 # Types whose handler opens one contact named in the payload (contact_events._open): their
 # contacts, members, tags and snapshots are locked and loaded for the batch up front.
 PRELOADED_TYPES = frozenset(
-    {
-        "member.provision",
-        "contact.updated",
-        "contact.tags_set",
-        "contact.tag_added",
-        "contact.tag_removed",
-        "contact.deleted",
-        "member.revoked",
-    }
+    kind for kind, handler in HANDLERS.items() if handler.__module__ == contact_events.__name__
 )
 
 
