@@ -31,9 +31,8 @@ import redis
 from flask import Flask
 
 from gatehouse import metrics
-from gatehouse.access.cache import KEY
+from gatehouse.access import cache
 from gatehouse.api.auth import cached_token
-from gatehouse.extensions import redis_client
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -71,12 +70,11 @@ class AccessFastPath:
         if found is None:
             return None  # unknown, expired from the cache or refused: Flask decides
         try:
-            body = redis_client.get(self.app).hget(KEY.format(member_id), "body")
+            body = cache.read(member_id, self.app)
         except redis.RedisError:
             return None  # Flask's path answers from the database
         if body is None:
             return None  # a miss: Flask recomputes and fills the cache (and counts the miss)
-        assert isinstance(body, bytes)
         metrics.count_cache(hit=True)
         start_response(
             "200 OK",

@@ -92,8 +92,9 @@ def refresh(member_ids: Sequence[str]) -> dict[str, tuple[int, bytes, Access]]:
     return answers
 
 
-def read(member_id: str) -> bytes | None:
-    body = redis_client.get().hget(KEY.format(member_id), "body")
+def read(member_id: str, app: Flask | None = None) -> bytes | None:
+    """The cached answer's bytes as stored, or None; raises redis errors."""
+    body = redis_client.get(app).hget(KEY.format(member_id), "body")
     return body  # type: ignore[return-value]
 
 
