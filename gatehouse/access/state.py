@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from flask import current_app
 from sqlalchemy import select
@@ -91,12 +90,3 @@ def load_states(member_ids: Sequence[str]) -> list[LoadedMember]:
         )
         for mid, version, status, all_access in members
     ]
-
-
-def state_as_dict(state: MemberState) -> dict[str, Any]:
-    return {
-        "status": state.status,
-        "all_access": state.all_access,
-        "tags": sorted(state.tags),
-        "subscriptions": [{"product": s.product, "status": s.status} for s in state.subscriptions],
-    }

@@ -35,16 +35,6 @@ from gatehouse.models import Contact, ContactTag, Event, Member, Subscription, T
 LOCK_ATTEMPTS = 5
 
 
-def resolve_member(member_id: str) -> Member | None:
-    """The member that now stands for `member_id`, following `merged_into` (for billing links)."""
-    member = db.session.get(Member, member_id)
-    seen: set[str] = set()
-    while member is not None and member.merged_into_id is not None and member.id not in seen:
-        seen.add(member.id)
-        member = db.session.get(Member, member.merged_into_id)
-    return member
-
-
 def _target_id(contact_id: int, rows: dict[int, Contact]) -> int | None:
     """Where an id resolves through merge aliases, or None if a hop is not in `rows` yet."""
     seen = set()

@@ -43,8 +43,3 @@ class Event(Base):
     effects: Mapped[dict[str, Any] | None]
     processed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-
-    @property
-    def order_key(self) -> tuple[datetime, str]:
-        """Latest-assertion ordering: the provider's time, then a deterministic tie-break."""
-        return (self.occurred_at, self.external_id)
