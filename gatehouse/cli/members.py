@@ -200,3 +200,20 @@ def all_access(member_id: str, off: bool) -> None:
 def refresh(member_id: str) -> None:
     """Recompute the member's cached access now."""
     _action(lambda: admin.refresh(member_id))
+
+
+@members.command("password-token")
+@click.argument("member_id")
+def password_token(member_id: str) -> None:
+    """Print a set-password token for the member (valid 7 days, until the password is set)."""
+    from flask import current_app
+
+    from gatehouse.models import Member
+    from gatehouse.passwords import set_password_token
+
+    member = db.session.get(Member, member_id)
+    db.session.rollback()
+    if member is None:
+        raise click.ClickException(f"no member {member_id}; find it with GET /api/members?email=")
+    secret_key = current_app.config["SECRET_KEY"]
+    click.echo(set_password_token(secret_key, member.id, member.password_nonce))
