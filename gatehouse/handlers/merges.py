@@ -200,7 +200,8 @@ def merge_members(survivor: Member, other: Member, outcome: Outcome) -> None:
     survivor.all_access = survivor.all_access or other.all_access
     other.status = "merged"
     other.merged_into_id = survivor.id
-    # Anything that still names `other` by id (a billing link) is re-pointed by resolve_member.
+    # Members merged into `other` earlier now point at the survivor directly; billing metadata
+    # that still names `other` follows merged_into (billing._survivor).
     db.session.execute(
         update(Member).where(Member.merged_into_id == other.id).values(merged_into_id=survivor.id)
     )
