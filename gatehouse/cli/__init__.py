@@ -1,4 +1,4 @@
-"""flask sources | tokens | access | events | worker — thin commands calling the packages."""
+"""flask sources | tokens | access | events | worker | relay: thin commands over the packages."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def register(app: Flask) -> None:
     from gatehouse.cli.members import members
     from gatehouse.cli.sources import sources
     from gatehouse.cli.tokens import tokens
-    from gatehouse.cli.worker import worker
+    from gatehouse.cli.worker import relay, worker
 
-    for group in (sources, tokens, access, events, worker, members):
+    for group in (sources, tokens, access, events, worker, relay, members):
         app.cli.add_command(group)

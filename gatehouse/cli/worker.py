@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import signal
+import threading
 import time
 
 import click
+import redis
 from flask import current_app
+from sqlalchemy.exc import SQLAlchemyError
 
+from gatehouse.queue.relay import RelayThread, relay_all
 from gatehouse.queue.worker import GatehouseWorker
 
 
@@ -38,3 +43,27 @@ def worker(burst: bool, with_scheduler: bool, batch_size: int | None) -> None:
         # Under honcho or systemd one exiting process stops or flaps the rest: start again.
         click.echo("worker: the loop ended without a stop request; restarting in 2 s", err=True)
         time.sleep(2)
+
+
+@click.command("relay")
+@click.option("--once", is_flag=True, help="queue what is received now, then exit")
+def relay(once: bool) -> None:
+    """Queue received events (workers do this themselves; this runs it on its own)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if once:
+        try:
+            moved = relay_all(app)
+        except (redis.RedisError, SQLAlchemyError) as exc:
+            raise click.ClickException(
+                f"could not queue the received events: {exc}. Check that Redis and the "
+                "database answer (REDIS_URL, DATABASE_URL), then run it again."
+            ) from None
+        click.echo(f"queued {moved} received event(s)")
+        return
+    thread = RelayThread(app)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    thread.start()
+    stop.wait()
+    thread.stop()

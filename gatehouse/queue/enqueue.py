@@ -84,40 +84,63 @@ class JobTemplate:
         self.serializer = job.serializer
         self.func_name = job.func_name
         self.kwargs = job.kwargs
+        self.plan: list[tuple[bool, list[tuple[int, Any]]]] | None = None
 
     def data(self, event_id: str) -> bytes:
         # What Job.data + Job.to_dict produce: the serialized call, zlib-compressed.
         raw = self.serializer.dumps((self.func_name, None, (event_id,), self.kwargs))
         return zlib.compress(raw)
 
+    def _plan(self) -> list[tuple[bool, list[tuple[int, Any]]]]:
+        """Each recorded command as (sent once per batch?, [(slot kind, value)]), worked out
+        once so that filling in an event is a list comprehension, not a parse."""
+        plan = []
+        for command in self.commands_recorded:
+            name = command[0]
+            slots: list[tuple[int, Any]] = [(_CONST, name)]
+            field: Any = None
+            for i, arg in enumerate(command[1:]):
+                kind = _CONST
+                if name == "HSET" and i % 2 == 1:
+                    field = arg
+                elif name == "HSET" and i > 0 and field == "data":
+                    kind = _DATA
+                elif name == "HSET" and i > 0 and field in TIME_FIELDS:
+                    kind = _STAMP
+                if kind == _CONST and isinstance(arg, str) and TEMPLATE_ID in arg:
+                    kind = _ID
+                slots.append((kind, arg))
+            # The queue's entry in rq:queues is added once per batch, as RQ does.
+            plan.append((name == "SADD", slots))
+        return plan
+
     def commands(self, event_ids: Sequence[str]) -> list[list[Any]]:
         """RQ's commands for these events, in RQ's order."""
+        if self.plan is None:
+            self.plan = self._plan()
         stamp = utcformat(now())
         out: list[list[Any]] = []
         first = True
         for event_id in event_ids:
-            for command in self.commands_recorded:
-                name = command[0]
-                if name == "SADD":
-                    if first:  # the queue's entry in rq:queues, once per batch as RQ does
-                        out.append(list(command))
+            values = (None, self.data(event_id), stamp, event_id)
+            for once, slots in self.plan:
+                if once and not first:
                     continue
-                args: list[Any] = [name]
-                field: Any = None
-                for i, arg in enumerate(command[1:]):
-                    if name == "HSET" and i % 2 == 1:
-                        field = arg
-                    elif name == "HSET" and i > 0:
-                        if field == "data":
-                            arg = self.data(event_id)
-                        elif field in TIME_FIELDS:
-                            arg = stamp
-                    if isinstance(arg, str) and TEMPLATE_ID in arg:
-                        arg = arg.replace(TEMPLATE_ID, event_id)
-                    args.append(arg)
-                out.append(args)
+                out.append(
+                    [
+                        value
+                        if kind == _CONST
+                        else value.replace(TEMPLATE_ID, event_id)
+                        if kind == _ID
+                        else values[kind]
+                        for kind, value in slots
+                    ]
+                )
             first = False
         return out
+
+
+_CONST, _DATA, _STAMP, _ID = 0, 1, 2, 3
 
 
 # Runs a list of commands as one atomic unit: [n, command and its n-1 arguments, n, ...].

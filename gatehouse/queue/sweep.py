@@ -1,7 +1,8 @@
 """The outbox sweep: queue what the database holds but Redis does not.
 
-Events are left behind when Redis was down at ingest (`received`), when Redis lost its
-data or a process died between commit and enqueue (`queued` with no job), or when a
+Events are left behind when no relay ran (`received`: Redis down, no worker running), when
+Redis lost its data or a process died between the relay's claim and its enqueue (`queued`
+with no job), or when a
 worker died mid-job (`processing` past the job timeout). The sweep is safe to run from
 several workers at once: a Redis lock keeps it to one at a time, and jobs are idempotent.
 """
@@ -22,6 +23,7 @@ from sqlalchemy import or_, select, update
 from gatehouse.extensions import db, redis_client
 from gatehouse.models import Event, utcnow
 from gatehouse.queue.enqueue import enqueue_events, get_queue
+from gatehouse.queue.relay import relay_all
 
 log = logging.getLogger("gatehouse.queue")
 LOCK_KEY = "gatehouse:sweep-lock"
@@ -81,6 +83,13 @@ def sweep(app: Flask | None = None, *, grace_seconds: int | None = None) -> Swee
         log.info("sweep.skipped_locked")
         return result
     try:
+        # Received events are the relay's: taken the same way, so a relay running at the
+        # same time never queues one twice.
+        try:
+            result.received = relay_all(app)
+        except redis.RedisError:
+            result.errors.append("Redis refused the jobs; try again when it answers")
+            return result
         now = utcnow()
         queued_before = now - timedelta(seconds=grace)
         processing_before = now - timedelta(seconds=job_timeout + 60)
@@ -91,7 +100,6 @@ def sweep(app: Flask | None = None, *, grace_seconds: int | None = None) -> Swee
                 .where(
                     Event.id > last,
                     or_(
-                        Event.status == "received",
                         (Event.status == "queued") & (Event.updated_at < queued_before),
                         (Event.status == "processing") & (Event.updated_at < processing_before),
                     ),
@@ -106,10 +114,7 @@ def sweep(app: Flask | None = None, *, grace_seconds: int | None = None) -> Swee
             states = _jobs_alive(client, get_queue(app), [r[0] for r in rows])
             to_queue: list[str] = []
             for (event_id, status), job_alive in zip(rows, states, strict=True):
-                if status == "received":
-                    to_queue.append(event_id)
-                    result.received += 1
-                elif status == "queued" and not job_alive:
+                if status == "queued" and not job_alive:
                     to_queue.append(event_id)
                     result.lost += 1
                 elif status == "processing":
@@ -124,7 +129,7 @@ def sweep(app: Flask | None = None, *, grace_seconds: int | None = None) -> Swee
                     update(Event)
                     .where(
                         Event.id.in_(to_queue),
-                        Event.status.in_(("received", "processing", "queued")),
+                        Event.status.in_(("processing", "queued")),
                     )
                     .values(status="queued")
                 )

@@ -34,6 +34,7 @@ within BATCH_TTL + the sweep interval + the first retry interval (15 + 15 + 10 s
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -53,6 +54,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gatehouse.extensions import redis_client
 from gatehouse.queue.enqueue import PROCESS_EVENT, get_queue
 from gatehouse.queue.grace import recompute_due
+from gatehouse.queue.relay import RelayThread, relay_pending
 from gatehouse.queue.sweep import sweep
 
 log = logging.getLogger("gatehouse.queue")
@@ -86,19 +88,49 @@ class GatehouseWorker(SimpleWorker):
         self._process_events: Callable[..., dict[str, dict[str, Any]]] | None = None
         # Set by SIGINT/SIGTERM; RQ's own flag stays False when the stop finds it idle.
         self.stop_signalled = False
+        self._relay_inline = False
 
     @property
     def dequeue_timeout(self) -> int:
         # Wake up at least once per maintenance interval so the sweep runs while idle.
         return max(1, min(self.worker_ttl - 15, int(self.maintenance_interval)))
 
+    def _stop_before_loop(self, signum: Any, frame: Any) -> None:
+        self.stop_signalled = True
+        self._stop_requested = True  # RQ's loop checks it first thing
+
     def request_stop(self, signum: Any, frame: Any) -> None:
         self.stop_signalled = True
         super().request_stop(signum, frame)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        with self.app.app_context():
-            return bool(super().work(*args, **kwargs))
+        burst = bool(kwargs.get("burst", args[0] if args else False))
+        # Long-running: a relay thread queues what the receive view stored while RQ's loop
+        # waits on the queue. Burst (tests, `--burst`): relayed before each dequeue instead.
+        relay = None if burst else RelayThread(self.app)
+        self._relay_inline = burst
+        if threading.current_thread() is threading.main_thread():
+            # RQ registers the worker before it installs its signal handlers (and starts
+            # the scheduler in between): a stop in that window would kill the process
+            # with the default action instead of stopping it.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, self._stop_before_loop)
+        if relay is not None:
+            relay.start()
+        try:
+            with self.app.app_context():
+                return bool(super().work(*args, **kwargs))
+        finally:
+            if relay is not None:
+                relay.stop()
+
+    def dequeue_job_and_maintain_ttl(self, *args: Any, **kwargs: Any) -> Any:
+        if self._relay_inline:
+            try:
+                relay_pending(self.app)
+            except (redis.RedisError, SQLAlchemyError) as exc:
+                log.warning("relay.failed", extra={"error": str(exc)})
+        return super().dequeue_job_and_maintain_ttl(*args, **kwargs)
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()

@@ -276,7 +276,9 @@ def test_deleted_contact_stops_its_tags_counting_but_keeps_the_member(
 def _processed_in_reverse(app: Flask) -> None:
     """Deliver the queued jobs last-first: the worker sees them out of order."""
     from gatehouse.queue import get_queue
+    from gatehouse.queue.relay import relay_all
 
+    relay_all(app)
     queue = get_queue(app)
     ids = list(queue.job_ids)
     queue.empty()

@@ -20,6 +20,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import create_engine
 
 from gatehouse.models import Base
+from gatehouse.queue.relay import relay_all
 from tests.conftest import SECRET_KEY, RedisServer, free_port
 from tests.helpers import bearer, create_source, create_token, run_worker, standard_headers
 from tests.ops.scenario import broken, post_tag, setup_member
@@ -62,6 +63,7 @@ def test_metrics_count_received_processed_failed_lag_and_queue_depth(
     body = json.dumps({"type": tag, "contact": {"id": "2729"}, "tag": "205"}).encode()
     r = client.post(f"/hooks/{slug}", data=body, headers=standard_headers(secret, "a1", body))
     assert r.status_code == 202
+    assert relay_all(app) == 1
     queued = scrape(client)
     assert value(queued, "gatehouse_events_received_total", source=slug, type=tag) - value(
         before, "gatehouse_events_received_total", source=slug, type=tag

@@ -14,6 +14,7 @@ from gatehouse.access.rules import parse_rules_text
 from gatehouse.extensions import db, redis_client
 from gatehouse.models import AccessRules, Event, utcnow
 from gatehouse.queue import get_queue
+from gatehouse.queue.relay import relay_all
 from tests.helpers import bearer, create_source, create_token, keap_url, run_worker
 
 RULES = """
@@ -34,6 +35,8 @@ def post_genpass(client: FlaskClient) -> str:
     secret = create_source("keap", "keap-http-post")
     r = client.post(keap_url("keap", secret, "genpass"), data=GENPASS)
     assert r.status_code == 202, r.json
+    # Queued as a worker's relay would: the sweep's cases start from a queued event.
+    assert relay_all(client.application) == 1
     return str(r.json["events"][0])
 
 
