@@ -59,6 +59,7 @@ def register_operations(app: Flask) -> None:
     from gatehouse import audit, fastpath, metrics, request_log
     from gatehouse.admin import bp as admin
     from gatehouse.api.events import bp as api_events
+    from gatehouse.webhooks import fastpath as hook_fastpath
 
     metrics.init_app(app)
     app.register_blueprint(api_events)
@@ -67,6 +68,7 @@ def register_operations(app: Flask) -> None:
     request_log.init_app(app)
     audit.init_app(app)
     fastpath.init_app(app)  # in front of Flask: the cached access read skips the hooks
+    hook_fastpath.init_app(app)  # and so does the accepted webhook
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -46,6 +46,17 @@ def load_source(slug: str) -> tuple[SourceInfo, float | None] | None:
     return info, min(expiries) if expiries else None
 
 
+def cached_source(app: Flask, slug: str) -> SourceInfo | None:
+    """The source if this process has it cached and fresh; no database, no app context."""
+    cache: dict[str, tuple[float, SourceInfo | None]] | None = app.extensions.get(
+        "gatehouse.sources"
+    )
+    hit = cache.get(slug) if cache is not None else None
+    if hit is None or hit[0] <= time.monotonic():
+        return None
+    return hit[1]
+
+
 def find_source(slug: str) -> SourceInfo | None:
     from gatehouse.sources import SLUG
 

@@ -1,30 +1,34 @@
 """POST /hooks/<slug>: a fixed sequence of steps, each with its own answer and log event.
 
 find source -> size and content type -> verify raw bytes -> parse -> validate/translate
--> store -> commit -> enqueue -> answer.
+-> store -> commit -> answer. The relay (gatehouse.queue.relay) queues what was stored.
+
+The common case (a cached source, a request that is accepted) is answered by the same steps
+in `gatehouse.webhooks.fastpath`, in front of Flask; anything else ends here.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.wrappers import Request
 
 from gatehouse import metrics
 from gatehouse.extensions import db
 from gatehouse.models import utcnow
-from gatehouse.queue import enqueue_events
 from gatehouse.webhooks.errors import (
     BodyTooLarge,
     HookError,
     UnknownSource,
     UnsupportedMediaType,
 )
-from gatehouse.webhooks.inbox import mark_not_queued, store_events
+from gatehouse.webhooks.inbox import Stored, store_and_commit
 from gatehouse.webhooks.senders import SENDERS, Inbound
-from gatehouse.webhooks.senders.base import check_storable
+from gatehouse.webhooks.senders.base import CanonicalEvent, Sender, SourceInfo, check_storable
 from gatehouse.webhooks.source_cache import find_source
 
 bp = Blueprint("webhooks", __name__)
@@ -57,65 +61,108 @@ def _error(exc: HookError, slug: str, step: str) -> Response:
     return response
 
 
-def _read_body(limit: int) -> bytes:
-    declared = request.content_length
+def _read_body(req: Request, limit: int) -> bytes:
+    declared = req.content_length
     if declared is not None and declared > limit:
         raise BodyTooLarge()
-    body = request.stream.read(limit + 1)
+    body = req.stream.read(limit + 1)
     if len(body) > limit:
         raise BodyTooLarge()
     return body
 
 
-def _public_url() -> str:
-    base = current_app.config["GATEHOUSE_PUBLIC_URL"]
-    if not base:
-        return request.url
-    query = request.query_string.decode("latin-1")
-    return f"{base}{request.path}" + (f"?{query}" if query else "")
+def inbound_from(req: Request, body: bytes, public_url: str, with_url: bool = True) -> Inbound:
+    """The request as senders see it; `req` is Flask's request or, on the fast path, a plain
+    Werkzeug request over the same environ, so both paths build the same Inbound."""
+    if not with_url:
+        url = ""  # werkzeug's IRI-decoding URL is a tenth of a request; only HubSpot signs it
+    elif public_url:
+        query = req.query_string.decode("latin-1")
+        url = f"{public_url}{req.path}" + (f"?{query}" if query else "")
+    else:
+        url = req.url
+    return Inbound(
+        method=req.method,
+        url=url,
+        query=req.args,
+        headers={k.lower(): v for k, v in req.headers.items()},
+        body=body,
+        media_type=(req.mimetype or "").lower(),
+        received_at=utcnow(),
+    )
+
+
+def checked_events(
+    sender: Sender, inbound: Inbound, source: SourceInfo, tolerance: int, steps: list[str]
+) -> list[CanonicalEvent]:
+    """verify -> parse -> validate/translate; raises the step's HookError. `steps` records
+    the step reached, for the rejection's log event."""
+    if inbound.media_type not in sender.media_types:
+        raise UnsupportedMediaType(
+            f"{source.kind} takes " + ", ".join(sorted(m or "(none)" for m in sender.media_types))
+        )
+    steps.append("verify")
+    sender.verify(inbound, source, tolerance)
+    steps.append("parse")
+    parsed = sender.parse(inbound)
+    steps.append("validate")
+    events = sender.translate(parsed, inbound, source)
+    check_storable(events)
+    return events
+
+
+def store(source: SourceInfo, events: list[CanonicalEvent], inbound: Inbound) -> Stored:
+    """Store and commit; the relay queues the new events (gatehouse.queue.relay)."""
+    headers = {k: v for k, v in inbound.headers.items() if k not in SECRET_HEADERS}
+    stored = store_and_commit(source, events, headers)
+    metrics.count_received(source.slug, [e.type for e in events])
+    return stored
+
+
+def answer(stored: Stored) -> tuple[dict[str, Any], int, str]:
+    """The body, status and log event of a stored request."""
+    duplicate = not stored.new_ids and stored.duplicates == len(stored.ids)
+    if duplicate:
+        return {"status": "duplicate", "events": stored.ids}, 200, "webhook.duplicate"
+    return {"status": "accepted", "events": stored.ids}, 202, "webhook.accepted"
+
+
+def log_answer(event: str, slug: str, stored: Stored, started: float) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            event,
+            extra={
+                "source": slug,
+                "events": len(stored.ids),
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
 
 
 @bp.post("/hooks/<slug>")
 def receive(slug: str) -> Response | tuple[Response, int]:
     started = time.perf_counter()
-    step = "source"
+    steps = ["source"]
     try:
         source = find_source(slug)
         if source is None or source.kind not in SENDERS:
             raise UnknownSource()
         sender = SENDERS[source.kind]
 
-        step = "limits"
-        body = _read_body(current_app.config["GATEHOUSE_MAX_BODY"])
-        media_type = (request.mimetype or "").lower()
-        inbound = Inbound(
-            method=request.method,
-            url=_public_url(),
-            query=request.args,
-            headers={k.lower(): v for k, v in request.headers.items()},
-            body=body,
-            media_type=media_type,
-            received_at=utcnow(),
+        steps.append("limits")
+        body = _read_body(request, current_app.config["GATEHOUSE_MAX_BODY"])
+        inbound = inbound_from(
+            request, body, current_app.config["GATEHOUSE_PUBLIC_URL"], sender.signs_url
         )
         handshake = sender.handshake(inbound, source)
         if handshake is not None:
             return handshake
-        if media_type not in sender.media_types:
-            raise UnsupportedMediaType(
-                f"{source.kind} takes "
-                + ", ".join(sorted(m or "(none)" for m in sender.media_types))
-            )
-
-        step = "verify"
-        sender.verify(inbound, source, current_app.config["GATEHOUSE_SIGNATURE_TOLERANCE"])
-        step = "parse"
-        parsed = sender.parse(inbound)
-        step = "validate"
-        events = sender.translate(parsed, inbound, source)
-        check_storable(events)
+        events = checked_events(
+            sender, inbound, source, current_app.config["GATEHOUSE_SIGNATURE_TOLERANCE"], steps
+        )
     except HookError as exc:
         db.session.rollback()
-        return _error(exc, slug, step)
+        return _error(exc, slug, steps[-1])
     except SQLAlchemyError:
         db.session.rollback()
         log.warning("webhook.source_lookup_failed", extra={"source": slug}, exc_info=True)
@@ -124,45 +171,16 @@ def receive(slug: str) -> Response | tuple[Response, int]:
     if not events:
         return jsonify({"status": "accepted", "events": []}), 202
 
-    headers = {k: v for k, v in inbound.headers.items() if k not in SECRET_HEADERS}
     try:
-        if db.session().in_transaction():
-            # A sender looked something up: store in that same transaction. A second
-            # connection would wait on this one's SQLite write lock (BEGIN IMMEDIATE).
-            stored = store_events(source, events, headers)
-            db.session.commit()
-        else:
-            # The usual case: a Core transaction of its own, committed on leaving the
-            # block; the ORM session would only add CPU to a single insert.
-            with db.engine.begin() as connection:
-                stored = store_events(source, events, headers, connection)
-        metrics.count_received(slug, [e.type for e in events])
+        stored = store(source, events, inbound)
     except SQLAlchemyError:
         db.session.rollback()
         log.warning("webhook.store_failed", extra={"source": slug}, exc_info=True)
         return _unavailable(sender.unavailable_status)
 
-    queued = enqueue_events(stored.new_ids)
-    if not queued:
-        try:
-            mark_not_queued(stored.new_ids)
-            db.session.commit()
-        except SQLAlchemyError:
-            # Harmless: the sweeper also finds queued events whose job is missing.
-            db.session.rollback()
-
-    duplicate = not stored.new_ids and stored.duplicates == len(stored.ids)
-    status = "duplicate" if duplicate else "accepted"
-    log.info(
-        "webhook.accepted" if not duplicate else "webhook.duplicate",
-        extra={
-            "source": slug,
-            "events": len(stored.ids),
-            "queued": queued,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-        },
-    )
-    return jsonify({"status": status, "events": stored.ids}), 200 if duplicate else 202
+    body_, status, event = answer(stored)
+    log_answer(event, slug, stored, started)
+    return jsonify(body_), status
 
 
 def _unavailable(status: int) -> Response:

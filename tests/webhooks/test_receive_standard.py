@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from gatehouse.extensions import db, redis_client
 from gatehouse.models import Event, Source, SourceSecret
 from gatehouse.queue import get_queue
+from gatehouse.queue.relay import relay_all
 from gatehouse.sources import rotate_source
 from gatehouse.webhooks.source_cache import forget_sources
 from tests.conftest import free_port, make_app
@@ -52,7 +53,7 @@ def assert_nothing_stored(app: Flask) -> None:
     assert get_queue(app).count == 0
 
 
-def test_valid_event_is_stored_queued_and_answered_202(
+def test_valid_event_is_stored_received_answered_202_and_relayed_to_the_queue(
     app: Flask, client: FlaskClient, secret: str
 ) -> None:
     r = post_standard(client, SLUG, secret, tags_set(), "msg_a1")
@@ -62,7 +63,12 @@ def test_valid_event_is_stored_queued_and_answered_202(
     [event_id] = r.json["events"]
     event = db.session.get(Event, event_id)
     assert event is not None
-    assert (event.external_id, event.type, event.status) == ("msg_a1", "contact.tags_set", "queued")
+    # Stored and answered; the relay queues it (not the request: it does not wait on Redis).
+    assert (event.external_id, event.type, event.status) == (
+        "msg_a1",
+        "contact.tags_set",
+        "received",
+    )
     assert event.occurred_at == datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
     assert event.payload["contact"] == {
         "id": "2729",
@@ -73,6 +79,9 @@ def test_valid_event_is_stored_queued_and_answered_202(
     }
     assert event.contact_key == "keap:2729"
     assert "webhook-signature" not in (event.headers or {})
+    assert get_queue(app).job_ids == []
+    db.session.rollback()
+    assert relay_all(app) == 1
     assert get_queue(app).job_ids == [event_id]
 
 
@@ -87,6 +96,8 @@ def test_redelivery_answers_200_duplicate_and_counts_deliveries(
     assert again.json == {"status": "duplicate", "events": first.json["events"]}
     event = db.session.execute(select(Event)).scalar_one()
     assert event.deliveries == 2
+    db.session.rollback()
+    assert relay_all(app) == 1  # one event, one job
     assert get_queue(app).job_ids == [event.id]
 
 
@@ -467,6 +478,8 @@ def test_batch_with_the_same_message_twice_in_quick_succession_stays_one_row(
 
     rows = db.session.execute(select(Event.deliveries)).scalars().all()
     assert rows == [3]
+    db.session.rollback()
+    relay_all(app)
     assert len(rq_job_keys(app)) == 1
     assert db.session.execute(select(Source.slug)).scalars().all() == [SLUG]
     assert redis_client.get(app).ping()

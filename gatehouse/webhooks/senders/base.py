@@ -20,7 +20,9 @@ class Inbound:
     """The request as received, detached from Flask so senders are plain functions of it."""
 
     method: str
-    url: str  # as the sender called it (GATEHOUSE_PUBLIC_URL applied behind a proxy)
+    # As the sender called it (GATEHOUSE_PUBLIC_URL applied behind a proxy); "" unless the
+    # sender's `signs_url`.
+    url: str
     query: Mapping[str, str]
     headers: Mapping[str, str]  # lower-cased names
     body: bytes
@@ -53,6 +55,8 @@ class Sender(Protocol):
     media_types: ClassVar[frozenset[str]]
     # HighLevel retries only on 429, so it is told 429 when we cannot store.
     unavailable_status: ClassVar[int]
+    # Whether `verify` reads Inbound.url (left empty otherwise: building it is not free).
+    signs_url: ClassVar[bool]
 
     def handshake(self, inbound: Inbound, source: SourceInfo) -> Response | None: ...
 
@@ -80,6 +84,7 @@ class BaseSender:
     kind: ClassVar[str] = ""
     media_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
     unavailable_status: ClassVar[int] = 503
+    signs_url: ClassVar[bool] = False
 
     def handshake(self, inbound: Inbound, source: SourceInfo) -> Response | None:
         return None

@@ -142,6 +142,7 @@ def _required(item: Any, index: int) -> None:
 
 class HubSpotSender(BaseSender):
     kind = "hubspot"
+    signs_url = True
 
     def verify(self, inbound: Inbound, source: SourceInfo, tolerance: int) -> None:
         v3 = inbound.headers.get("x-hubspot-signature-v3")

@@ -1,0 +1,91 @@
+"""The driver-level inbox insert writes the row SQLAlchemy would have written."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import select
+
+from gatehouse.extensions import db
+from gatehouse.models import Event, Source
+from gatehouse.webhooks.inbox import store_and_commit, store_events
+from gatehouse.webhooks.senders.base import CanonicalEvent, SourceInfo
+from tests.helpers import create_source
+
+
+def source_info() -> SourceInfo:
+    create_source("std", "standard")
+    source = db.session.execute(select(Source).where(Source.slug == "std")).scalar_one()
+    db.session.rollback()
+    return SourceInfo(id=source.id, slug="std", kind="standard", crm="keap", secrets=())
+
+
+def event(external_id: str) -> CanonicalEvent:
+    return CanonicalEvent(
+        type="contact.tag_added",
+        external_id=external_id,
+        occurred_at=datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=UTC),
+        payload={"type": "contact.tag_added", "contact": {"id": "7", "crm": "keap"}, "tag": "é"},
+        contact_key="keap:7",
+    )
+
+
+def stored_as_is(external_id: str) -> dict[str, Any]:
+    """The row as the database holds it (driver values, no SQLAlchemy type processing)."""
+    with db.engine.connect() as conn:
+        if _sqlite():
+            row = conn.exec_driver_sql("SELECT * FROM events WHERE external_id = ?", (external_id,))
+        else:
+            row = conn.exec_driver_sql(
+                "SELECT * FROM events WHERE external_id = %(e)s", {"e": external_id}
+            )
+        values = dict(row.mappings().one())
+        conn.rollback()
+    return values
+
+
+def _sqlite() -> bool:
+    return db.engine.dialect.name == "sqlite"
+
+
+def test_driver_insert_row_matches_the_sqlalchemy_insert(app: Flask) -> None:
+    info = source_info()
+    headers = {"content-type": "application/json", "webhook-id": "x"}
+    fast = store_and_commit(info, [event("fast")], headers)  # the driver path
+    with db.engine.begin() as conn:
+        general = store_events(info, [event("general")], headers, conn)
+    assert fast.new_ids and general.new_ids
+
+    a, b = stored_as_is("fast"), stored_as_is("general")
+    assert set(a) == set(b)
+    for column in a:
+        if column in ("id", "external_id", "received_at", "updated_at"):
+            continue
+        assert a[column] == b[column], column
+    for column in ("received_at", "updated_at"):
+        assert type(a[column]) is type(b[column]), column
+        if isinstance(a[column], str):  # SQLite: the same text format
+            assert re.sub(r"\d", "0", a[column]) == re.sub(r"\d", "0", b[column]), column
+    assert a["effects"] is None and a["last_error"] is None  # SQL NULL, not JSON null
+
+    # And read back through the ORM, the two are the same event.
+    rows = {e.external_id: e for e in db.session.execute(select(Event)).scalars()}
+    assert rows["fast"].payload == rows["general"].payload == event("x").payload
+    assert rows["fast"].occurred_at == rows["general"].occurred_at
+    assert rows["fast"].status == rows["general"].status == "received"
+    assert rows["fast"].received_at.tzinfo is not None
+
+
+def test_a_duplicate_takes_the_general_path_and_counts_the_delivery(app: Flask) -> None:
+    info = source_info()
+    first = store_and_commit(info, [event("dup")], {})
+    again = store_and_commit(info, [event("dup")], {})
+    assert again.ids == first.ids
+    assert again.new_ids == [] and again.duplicates == 1
+    deliveries = db.session.execute(
+        select(Event.deliveries).where(Event.external_id == "dup")
+    ).scalar_one()
+    assert deliveries == 2
