@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SECRET_KEY = "bench-secret-key-not-for-production-0123456789"
 # The same server settings for the app and for the hello-world baseline.
-GUNICORN_WORKERS = 2
-GUNICORN_CLASS = "sync"
+GUNICORN_WORKERS = int(os.environ.get("BENCH_GUNICORN_WORKERS", "2"))
+GUNICORN_CLASS = os.environ.get("BENCH_GUNICORN_CLASS", "sync")
+GUNICORN_THREADS = int(os.environ.get("BENCH_GUNICORN_THREADS", "1"))
 
 
 
@@ -297,6 +298,8 @@ def start_gunicorn(
         str(workers),
         "--worker-class",
         worker_class,
+        "--threads",
+        str(GUNICORN_THREADS),
         "--backlog",
         "2048",
         "--timeout",
