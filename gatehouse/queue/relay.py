@@ -30,7 +30,7 @@ from flask import Flask
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from gatehouse.extensions import READ_ONLY, db
+from gatehouse.extensions import READ_ONLY, db, write_turn
 from gatehouse.models import Event, utcnow
 from gatehouse.queue.enqueue import enqueue_events
 
@@ -57,7 +57,8 @@ def _pending(limit: int) -> list[str]:
 
 
 def _set_status(ids: list[str], old: str, new: str) -> list[str]:
-    with db.engine.begin() as conn:
+    # In turn with the web requests' inserts (SQLite), not through SQLite's sleeping wait.
+    with write_turn(db.engine, "ingest"), db.engine.begin() as conn:
         result = conn.execute(
             update(Event)
             # coalesce(): without it SQLite's planner picks the status index and scans

@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from gatehouse.extensions import db
+from gatehouse.extensions import db, write_turn
 from gatehouse.models import Event, new_id
 from gatehouse.webhooks.senders.base import CanonicalEvent, SourceInfo
 
@@ -176,6 +176,10 @@ class DriverInsert:
     def try_insert(self, rows: list[dict[str, Any]]) -> dict[str, str] | None:
         """Insert and commit; returns {external id: event id}, or None (nothing written)
         when some row was already stored: the caller then takes the general path."""
+        with write_turn(db.engine, "ingest"):
+            return self._insert(rows)
+
+    def _insert(self, rows: list[dict[str, Any]]) -> dict[str, str] | None:
         raw: Any = db.engine.raw_connection()
         try:
             cursor = raw.cursor()

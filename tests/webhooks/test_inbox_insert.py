@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from flask import Flask
 from sqlalchemy import select
 
 from gatehouse.extensions import db
 from gatehouse.models import Event, Source
+from gatehouse.webhooks import inbox
 from gatehouse.webhooks.inbox import store_and_commit, store_events
 from gatehouse.webhooks.senders.base import CanonicalEvent, SourceInfo
 from tests.helpers import create_source
@@ -18,9 +23,9 @@ from tests.helpers import create_source
 
 def source_info() -> SourceInfo:
     create_source("std", "standard")
-    source = db.session.execute(select(Source).where(Source.slug == "std")).scalar_one()
-    db.session.rollback()
-    return SourceInfo(id=source.id, slug="std", kind="standard", crm="keap", secrets=())
+    source_id = db.session.execute(select(Source.id).where(Source.slug == "std")).scalar_one()
+    db.session.rollback()  # no transaction open: store_and_commit takes the driver path
+    return SourceInfo(id=source_id, slug="std", kind="standard", crm="keap", secrets=())
 
 
 def event(external_id: str) -> CanonicalEvent:
@@ -54,7 +59,9 @@ def _sqlite() -> bool:
 def test_driver_insert_row_matches_the_sqlalchemy_insert(app: Flask) -> None:
     info = source_info()
     headers = {"content-type": "application/json", "webhook-id": "x"}
+    assert not db.session().in_transaction()
     fast = store_and_commit(info, [event("fast")], headers)  # the driver path
+    assert db.engine in inbox._DRIVER_INSERTS  # it was taken
     with db.engine.begin() as conn:
         general = store_events(info, [event("general")], headers, conn)
     assert fast.new_ids and general.new_ids
@@ -89,3 +96,30 @@ def test_a_duplicate_takes_the_general_path_and_counts_the_delivery(app: Flask) 
         select(Event.deliveries).where(Event.external_id == "dup")
     ).scalar_one()
     assert deliveries == 2
+
+
+def test_on_sqlite_inserts_wait_their_turn_at_the_ingest_lock(app: Flask, tmp_path: Any) -> None:
+    """Web workers queue on a kernel file lock, not SQLite's sleeping busy handler."""
+    if not _sqlite():
+        pytest.skip("SQLite only: PostgreSQL locks rows")
+    info = source_info()
+    holder = subprocess.Popen(  # another process holding the turn for a moment
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(0.5)\n",
+            f"{db.engine.url.database}.ingest-lock",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    started = time.monotonic()
+    stored = store_and_commit(info, [event("waited")], {})
+    waited = time.monotonic() - started
+    holder.wait(5)
+    assert stored.new_ids
+    assert waited >= 0.3  # it waited for the other process's turn to end
