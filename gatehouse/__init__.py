@@ -67,8 +67,9 @@ def register_operations(app: Flask) -> None:
     app.register_blueprint(metrics.bp)
     request_log.init_app(app)
     audit.init_app(app)
-    fastpath.init_app(app)  # in front of Flask: the cached access read skips the hooks
-    hook_fastpath.init_app(app)  # and so does the accepted webhook
+    # In front of Flask, outermost first: the cached access read, then the accepted webhook.
+    hook_fastpath.init_app(app)
+    fastpath.init_app(app)
 
 
 def register_error_handlers(app: Flask) -> None:
