@@ -38,7 +38,7 @@ log = logging.getLogger("gatehouse.queue")
 
 BATCH = 500
 # How long an idle relay waits before looking again: the added latency of an event.
-IDLE_POLL = 0.05
+IDLE_POLL = 0.02
 CHECKPOINT_EVERY = 1.0
 
 
