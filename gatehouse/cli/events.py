@@ -21,6 +21,7 @@ from gatehouse.event_query import (
 from gatehouse.extensions import db
 from gatehouse.models import STATUSES, Event, Replay
 from gatehouse.queue.replay import ReplayUnavailable, preview, replay_one, start_bulk
+from gatehouse.queue.sweep import LOCK_SECONDS
 from gatehouse.queue.sweep import sweep as run_sweep
 
 events = AppGroup("events", help="The event inbox: list, show, replay, sweep.")
@@ -43,6 +44,12 @@ def sweep(grace: int | None) -> None:
         result = run_sweep(grace_seconds=grace)
     except redis.RedisError as exc:
         raise _redis_advice(exc) from exc
+    if result.skipped_locked:
+        click.echo(
+            "Another sweep is running (or one was killed: its lock lapses within "
+            f"{LOCK_SECONDS} s); nothing done. Run it again in a moment."
+        )
+        return
     click.echo(
         f"Queued {result.total} event(s): {result.received} received, "
         f"{result.lost} lost from Redis, {result.stuck} stuck in processing."

@@ -27,6 +27,10 @@ from gatehouse.queue.relay import relay_all
 
 log = logging.getLogger("gatehouse.queue")
 LOCK_KEY = "gatehouse:sweep-lock"
+# The lock only saves duplicate work (claims are atomic, jobs idempotent), so it is short: a
+# worker killed mid-sweep (chaos run: SIGKILL during maintenance) used to keep every sweep
+# away for 300 s, and lost events waited that long. A sweep takes well under a second.
+LOCK_SECONDS = 30
 BATCH = 1000
 # RQ job states that mean the job will still run (or is running).
 # A retry due this long ago should have been moved to the queue by RQ's scheduler.
@@ -39,6 +43,7 @@ class SweepResult:
     lost: int = 0
     stuck: int = 0
     errors: list[str] = field(default_factory=list)
+    skipped_locked: bool = False
 
     @property
     def total(self) -> int:
@@ -78,9 +83,10 @@ def sweep(app: Flask | None = None, *, grace_seconds: int | None = None) -> Swee
     result = SweepResult()
     grace = app.config["GATEHOUSE_SWEEP_GRACE"] if grace_seconds is None else grace_seconds
     job_timeout = app.config["GATEHOUSE_JOB_TIMEOUT"]
-    lock = client.lock(LOCK_KEY, timeout=300, blocking=False)
+    lock = client.lock(LOCK_KEY, timeout=LOCK_SECONDS, blocking=False)
     if not lock.acquire():
         log.info("sweep.skipped_locked")
+        result.skipped_locked = True
         return result
     try:
         # Received events are the relay's: taken the same way, so a relay running at the

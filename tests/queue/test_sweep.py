@@ -15,6 +15,7 @@ from gatehouse.extensions import db, redis_client
 from gatehouse.models import AccessRules, Event, utcnow
 from gatehouse.queue import get_queue
 from gatehouse.queue.relay import relay_all
+from gatehouse.queue.sweep import LOCK_KEY, LOCK_SECONDS
 from tests.helpers import bearer, create_source, create_token, keap_url, run_worker
 
 RULES = """
@@ -259,3 +260,24 @@ def test_retry_scheduled_for_later_is_left_to_the_scheduler(
 
     assert "Queued 0 event(s)" in result.output
     assert status_of(event_id) == "queued"
+
+
+def test_a_sweep_killed_while_holding_its_lock_keeps_others_away_only_briefly(
+    app: Flask, client: FlaskClient
+) -> None:
+    event_id = post_genpass(client)
+    redis_client.get(app).flushall()  # its job is lost
+    # What a worker SIGKILLed in the middle of a sweep leaves behind.
+    stale = redis_client.get(app).lock(LOCK_KEY, timeout=LOCK_SECONDS)
+    assert stale.acquire(blocking=False)
+    assert LOCK_SECONDS <= 30  # lost events wait at most this long for the next sweep
+
+    result = sweep_cli(app)
+    assert result.exit_code == 0, result.output
+    assert "Another sweep is running" in result.output
+    assert get_queue(app).job_ids == []
+
+    redis_client.get(app).delete(LOCK_KEY)  # what its expiry does
+    result = sweep_cli(app)
+    assert "1 lost from Redis" in result.output
+    assert get_queue(app).job_ids == [event_id]
