@@ -94,6 +94,10 @@ class HookFastPath:
         except (HookError, SQLAlchemyError):
             db.session.rollback()
             return None  # the view answers it (and logs the rejection or the failure)
+        except Exception:  # noqa: BLE001 - not swallowed: Flask runs the same steps again
+            # and answers with its own error handling (a JSON 500, never a stack trace).
+            db.session.rollback()
+            return None
         finally:
             if context is not None:
                 context.pop()

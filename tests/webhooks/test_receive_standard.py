@@ -23,6 +23,7 @@ from gatehouse.models import Event, Source, SourceSecret
 from gatehouse.queue import get_queue
 from gatehouse.queue.relay import relay_all
 from gatehouse.sources import rotate_source
+from gatehouse.webhooks.senders import SENDERS
 from gatehouse.webhooks.source_cache import forget_sources
 from tests.conftest import free_port, make_app
 from tests.helpers import (
@@ -545,3 +546,22 @@ def test_event_received_before_its_header_second_keeps_the_header_time() -> None
     early = second - timedelta(seconds=2)  # the sender's clock runs ahead of ours
 
     assert default_occurred_at(_inbound(int(second.timestamp()), early)) == second
+
+
+def test_an_unexpected_error_on_the_fast_path_gets_flasks_json_500(
+    app: Flask, client: FlaskClient, secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # answer as in production, not raise
+    assert post_standard(client, SLUG, secret, tags_set(), "msg_ok").status_code == 202
+
+    def bug(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("a bug in a translation")
+
+    # The source is cached now: this request starts on the fast path, which hands it to
+    # Flask, whose error handling answers.
+    monkeypatch.setattr(SENDERS["standard"], "translate", bug)
+    r = post_standard(client, SLUG, secret, tags_set(), "msg_bug")
+    assert r.status_code == 500
+    assert r.is_json
+    assert "Traceback" not in r.get_data(as_text=True)
+    assert "a bug in a translation" not in r.get_data(as_text=True)
