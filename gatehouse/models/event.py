@@ -8,8 +8,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from gatehouse.models.base import Base, new_id, utcnow
 
-# received: stored, not known to be queued (Redis was down); queued: a job exists or is
-# being created; processing: a worker took it; then one of the final states.
+# received: stored and answered, waiting for the relay; queued: the relay claimed it and its
+# job exists or is being created; processing: a worker took it; then one of the final states.
 STATUSES = ("received", "queued", "processing", "processed", "skipped", "unmatched", "failed")
 FINAL_STATUSES = ("processed", "skipped", "unmatched", "failed")
 
@@ -30,7 +30,7 @@ class Event(Base):
     type: Mapped[str] = mapped_column(String(64), index=True)
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default="received")
     attempts: Mapped[int] = mapped_column(default=0)
     deliveries: Mapped[int] = mapped_column(default=1)
     last_error: Mapped[str | None] = mapped_column(Text)
