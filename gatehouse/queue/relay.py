@@ -37,8 +37,11 @@ from gatehouse.queue.enqueue import enqueue_events
 log = logging.getLogger("gatehouse.queue")
 
 BATCH = 500
-# How long an idle relay waits before looking again: the added latency of an event.
+# How long a relay waits before looking again while events arrive: the latency it adds.
 IDLE_POLL = 0.02
+# The longest wait between polls once nothing arrives: the most an event arriving after a
+# quiet spell can wait for its relay.
+IDLE_POLL_MAX = 0.1
 CHECKPOINT_EVERY = 1.0
 
 
@@ -113,18 +116,28 @@ def checkpoint(app: Flask) -> None:
 class RelayThread(threading.Thread):
     """Runs `relay_pending` in a loop inside a worker (or `flask relay`) process."""
 
-    def __init__(self, app: Flask, poll: float = IDLE_POLL, batch: int = BATCH) -> None:
+    def __init__(
+        self,
+        app: Flask,
+        poll: float = IDLE_POLL,
+        batch: int = BATCH,
+        idle_poll_max: float = IDLE_POLL_MAX,
+    ) -> None:
         super().__init__(name="gatehouse-relay", daemon=True)
         self.app = app
         self.poll = poll
+        self.idle_poll_max = max(poll, idle_poll_max)
         self.batch = batch
         self.stopping = threading.Event()
         self.relayed = 0
+        self.polls = 0
 
     def run(self) -> None:
         failing = False
         next_checkpoint = 0.0
+        wait = self.poll
         while not self.stopping.is_set():
+            self.polls += 1
             try:
                 if time.monotonic() >= next_checkpoint:
                     checkpoint(self.app)
@@ -140,8 +153,11 @@ class RelayThread(threading.Thread):
                 log.info("relay.recovered")
                 failing = False
             self.relayed += moved
+            # Busy: look again soon. Idle: look less and less often, up to idle_poll_max, so
+            # a quiet site's workers do not query the database 50 times a second each.
+            wait = self.poll if moved else min(wait * 2, self.idle_poll_max)
             if moved < self.batch:
-                self.stopping.wait(self.poll)
+                self.stopping.wait(wait)
 
     def stop(self, timeout: float | None = 5.0) -> None:
         self.stopping.set()

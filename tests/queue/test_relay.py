@@ -155,3 +155,25 @@ def test_checkpoint_copies_the_write_ahead_log_into_the_database(
     assert events_in_database_file(tmp_path) == 0
     checkpoint(app)
     assert events_in_database_file(tmp_path) == 3
+
+
+def test_an_idle_relay_backs_off_and_a_new_event_still_arrives_quickly(
+    app: Flask, client: FlaskClient
+) -> None:
+    thread = RelayThread(app, poll=0.01, idle_poll_max=0.1)
+    thread.start()
+    try:
+        time.sleep(1.0)
+        idle_polls = thread.polls
+        # At a fixed 10 ms it would have polled about 100 times; backing off to 100 ms, ~15.
+        assert idle_polls <= 30
+        [event_id] = post_events(client, 1)
+        posted = time.monotonic()
+        while time.monotonic() - posted < 5 and thread.relayed < 1:
+            time.sleep(0.005)
+        waited = time.monotonic() - posted
+    finally:
+        thread.stop()
+    assert thread.relayed == 1
+    assert waited < 0.5  # at most one idle wait (100 ms) plus the claim, with room for a slow CI
+    assert statuses([event_id]) == {event_id: "queued"}
