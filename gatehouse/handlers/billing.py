@@ -17,15 +17,12 @@ If none matches, the subscription's state is still recorded and the event ends
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event as sa_event
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.orm import Session
 
 from gatehouse.extensions import db
 from gatehouse.handlers.contacts import lock_contact, lock_member
@@ -201,15 +198,18 @@ def apply_assertion(sub: Subscription, data: dict[str, Any], when: Assertion) ->
     sub.past_due_since = marks[0][0] if sub.status == "past_due" and marks else None
 
 
-def _after_commit(action: Callable[[], None]) -> None:
-    def run(_session: Session) -> None:
-        action()
-
-    sa_event.listen(db.session(), "after_commit", run, once=True)
+def _rerun(ids: list[str]) -> list[str]:
+    """Hand events back to the relay (`received`): it queues them once this transaction
+    commits, like any newly stored event; nothing is queued for a rolled-back batch."""
+    if ids:
+        db.session.execute(
+            update(Event).where(Event.id.in_(ids)).values(status="received")
+        )
+    return ids
 
 
 def _requeue_unmatched(link: Contact, except_id: str) -> list[str]:
-    """Events left unmatched for this customer: queue them again once this one commits."""
+    """Events left unmatched for this customer: run them again once this one commits."""
     ids = list(
         db.session.execute(
             select(Event.id).where(
@@ -217,17 +217,7 @@ def _requeue_unmatched(link: Contact, except_id: str) -> list[str]:
             )
         ).scalars()
     )
-    if not ids:
-        return []
-    # `queued` now, the jobs after the commit; if Redis refuses, the sweep finds them.
-    db.session.execute(update(Event).where(Event.id.in_(ids)).values(status="queued"))
-    from gatehouse.queue import enqueue_events
-
-    def enqueue() -> None:
-        enqueue_events(ids)
-
-    _after_commit(enqueue)
-    return ids
+    return _rerun(ids)
 
 
 def _names(member: Member, contact: Contact, payload: dict[str, Any]) -> bool:
@@ -253,17 +243,7 @@ def requeue_unmatched_for(member: Member, contact: Contact) -> list[str]:
             Event.status == "unmatched", Event.type == "subscription.updated"
         )
     ).all()
-    ids = [event_id for event_id, payload in rows if _names(member, contact, payload)]
-    if not ids:
-        return []
-    db.session.execute(update(Event).where(Event.id.in_(ids)).values(status="queued"))
-    from gatehouse.queue import enqueue_events
-
-    def enqueue() -> None:
-        enqueue_events(ids)
-
-    _after_commit(enqueue)
-    return ids
+    return _rerun([event_id for event_id, payload in rows if _names(member, contact, payload)])
 
 
 def subscription_updated(event: Event, when: Assertion, outcome: Outcome) -> None:
