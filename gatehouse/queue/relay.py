@@ -31,7 +31,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from gatehouse.extensions import READ_ONLY, db, write_turn
-from gatehouse.models import Event, utcnow
+from gatehouse.models import Event
 from gatehouse.queue.enqueue import enqueue_events
 
 log = logging.getLogger("gatehouse.queue")
@@ -67,7 +67,7 @@ def _set_status(ids: list[str], old: str, new: str) -> list[str]:
             # coalesce(): without it SQLite's planner picks the status index and scans
             # every row in `old` (20,000 during a burst) instead of the primary key.
             .where(Event.id.in_(ids), func.coalesce(Event.status, "") == old)
-            .values(status=new, updated_at=utcnow())
+            .values(status=new)  # updated_at: the column's onupdate
             .returning(Event.id)
         )
         return [row[0] for row in result]
