@@ -21,7 +21,6 @@ hook (it only records admin writes; this is a read) and the SQLAlchemy session (
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -33,6 +32,7 @@ from flask import Flask
 from gatehouse import metrics
 from gatehouse.access import cache
 from gatehouse.api.auth import cached_token
+from gatehouse.request_log import log_request
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -40,7 +40,6 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 # Member ids are ours (26 hex chars); anything unusual takes the full path.
 _ROUTE = re.compile(r"/api/members/([0-9A-Za-z_-]{1,64})/access")
 ENDPOINT = "api_members.member_access"
-request_log = logging.getLogger("gatehouse.request")
 
 
 class AccessFastPath:
@@ -76,23 +75,16 @@ class AccessFastPath:
         if body is None:
             return None  # a miss: Flask recomputes and fills the cache (and counts the miss)
         metrics.count_cache(hit=True)
-        start_response(
-            "200 OK",
-            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-        )
-        if request_log.isEnabledFor(logging.INFO):
-            request_log.info(
-                "request",
-                extra={
-                    "method": "GET",
-                    "path": environ.get("PATH_INFO"),
-                    "endpoint": ENDPOINT,
-                    "status": 200,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "token_name": found[0],
-                },
-            )
-        return [body]
+        log_request("GET", environ.get("PATH_INFO"), ENDPOINT, 200, started, token_name=found[0])
+        return json_answer(start_response, "200 OK", body)
+
+
+def json_answer(start_response: StartResponse, status: str, body: bytes) -> list[bytes]:
+    """A JSON answer written straight to WSGI, for the lean paths in front of Flask."""
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
+    return [body]
 
 
 def init_app(app: Flask) -> None:

@@ -18,20 +18,42 @@ def _start() -> None:
     g.request_started = time.perf_counter()
 
 
-def _finish(response: Response) -> Response:
-    started = getattr(g, "request_started", None)
+def log_request(
+    method: str,
+    path: str | None,
+    endpoint: str | None,
+    status: int,
+    started: float | None,
+    **extra: str,
+) -> None:
+    """The request line; also written by the lean paths in front of Flask (`fastpath`)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
     fields = {
-        "method": request.method,
-        "path": request.path,
-        "endpoint": request.endpoint,
-        "status": response.status_code,
+        "method": method,
+        "path": path,
+        "endpoint": endpoint,
+        "status": status,
         "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
+        **extra,
     }
-    if request.view_args and "slug" in request.view_args:
-        fields["source"] = request.view_args["slug"]
-    if getattr(g, "token_name", None):
-        fields["token_name"] = g.token_name
     log.info("request", extra=fields)
+
+
+def _finish(response: Response) -> Response:
+    extra = {}
+    if request.view_args and "slug" in request.view_args:
+        extra["source"] = request.view_args["slug"]
+    if getattr(g, "token_name", None):
+        extra["token_name"] = g.token_name
+    log_request(
+        request.method,
+        request.path,
+        request.endpoint,
+        response.status_code,
+        getattr(g, "request_started", None),
+        **extra,
+    )
     return response
 
 

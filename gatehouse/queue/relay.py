@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 import redis
 from flask import Flask
@@ -164,8 +163,3 @@ class RelayThread(threading.Thread):
         if self.is_alive():
             self.join(timeout)
 
-
-def start_relay(app: Flask, **kwargs: Any) -> RelayThread:
-    thread = RelayThread(app, **kwargs)
-    thread.start()
-    return thread

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -31,7 +30,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.wrappers import Request
 
 from gatehouse.extensions import db
-from gatehouse.fastpath import StartResponse, WSGIApp
+from gatehouse.fastpath import StartResponse, WSGIApp, json_answer
+from gatehouse.request_log import log_request
 from gatehouse.webhooks.errors import HookError
 from gatehouse.webhooks.senders import SENDERS
 from gatehouse.webhooks.source_cache import cached_source
@@ -39,7 +39,6 @@ from gatehouse.webhooks.views import answer, checked_events, inbound_from, log_a
 
 PREFIX = "/hooks/"
 ENDPOINT = "webhooks.receive"
-request_log = logging.getLogger("gatehouse.request")
 
 
 class HookFastPath:
@@ -103,24 +102,12 @@ class HookFastPath:
                 context.pop()
         payload, status, event = answer(stored)
         log_answer(event, slug, stored, started)
-        data = json.dumps(payload).encode()
-        start_response(
+        log_request("POST", environ.get("PATH_INFO"), ENDPOINT, status, started, source=slug)
+        return json_answer(
+            start_response,
             "202 ACCEPTED" if status == 202 else "200 OK",
-            [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
+            json.dumps(payload).encode(),
         )
-        if request_log.isEnabledFor(logging.INFO):
-            request_log.info(
-                "request",
-                extra={
-                    "method": "POST",
-                    "path": environ.get("PATH_INFO"),
-                    "endpoint": ENDPOINT,
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "source": slug,
-                },
-            )
-        return [data]
 
 
 def init_app(app: Flask) -> None:
