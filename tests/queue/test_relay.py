@@ -17,7 +17,7 @@ from sqlalchemy import select, text, update
 from gatehouse.extensions import WAL_AUTOCHECKPOINT_PAGES, db
 from gatehouse.models import Event
 from gatehouse.queue import get_queue
-from gatehouse.queue.relay import RelayThread, checkpoint, relay_all, relay_pending
+from gatehouse.queue.relay import RelayThread, _pending, checkpoint, relay_all, relay_pending
 from gatehouse.queue.sweep import sweep
 from tests.helpers import create_source, post_standard, run_worker
 
@@ -177,3 +177,18 @@ def test_an_idle_relay_backs_off_and_a_new_event_still_arrives_quickly(
     assert thread.relayed == 1
     assert waited < 0.5  # at most one idle wait (100 ms) plus the claim, with room for a slow CI
     assert statuses([event_id]) == {event_id: "queued"}
+
+
+def test_a_relay_poll_does_not_wait_for_the_sqlite_write_lock(
+    app: Flask, client: FlaskClient
+) -> None:
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only: PostgreSQL readers never wait for writers")
+    [event_id] = post_events(client, 1)
+    # Another connection holds the write lock (a web insert, a worker's batch).
+    with db.engine.connect() as writer:
+        writer.exec_driver_sql("SELECT 1")  # its transaction began IMMEDIATE: the lock
+        started = time.monotonic()
+        assert _pending(10) == [event_id]
+        assert time.monotonic() - started < 1.0  # the busy timeout is 30 s
+        writer.rollback()

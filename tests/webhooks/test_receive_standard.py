@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, request_started
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
@@ -565,3 +565,24 @@ def test_an_unexpected_error_on_the_fast_path_gets_flasks_json_500(
     assert r.is_json
     assert "Traceback" not in r.get_data(as_text=True)
     assert "a bug in a translation" not in r.get_data(as_text=True)
+
+
+def test_an_accepted_event_from_a_cached_source_is_answered_in_front_of_flask(
+    app: Flask, client: FlaskClient, secret: str
+) -> None:
+    seen: list[str] = []
+
+    def started(sender: Any, **_: Any) -> None:
+        seen.append("flask")
+
+    request_started.connect(started, app)
+    try:
+        first = post_standard(client, SLUG, secret, tags_set(), "msg_f1")  # fills the cache
+        second = post_standard(client, SLUG, secret, tags_set(), "msg_f2")
+        again = post_standard(client, SLUG, secret, tags_set(), "msg_f2")
+    finally:
+        request_started.disconnect(started, app)
+    assert (first.status_code, second.status_code, again.status_code) == (202, 202, 200)
+    assert seen == ["flask"]  # only the first, whose source was not cached yet
+    assert second.json == {"status": "accepted", "events": second.json["events"]}
+    assert again.json == {"status": "duplicate", "events": second.json["events"]}
