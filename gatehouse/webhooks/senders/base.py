@@ -48,6 +48,9 @@ class CanonicalEvent:
     payload: dict[str, Any]
     skip_reason: str | None = None
     contact_key: str | None = field(default=None)
+    # Set by `canonical()`, which has already walked the payload for unstorable text (senders
+    # add only constants to it afterwards).
+    payload_checked: bool = False
 
 
 class Sender(Protocol):
@@ -138,6 +141,7 @@ def canonical(
         payload=event,
         skip_reason=skip,
         contact_key=f"{crm}:{contact['id']}" if contact else None,
+        payload_checked=True,
     )
 
 
@@ -149,13 +153,14 @@ def check_storable(events: list[CanonicalEvent]) -> None:
     the sender would retry a poison event forever.
     """
     for index, event in enumerate(events):
-        fields = {
+        fields: dict[str, Any] = {
             "event id": event.external_id,
             "type": event.type,
             "contact": event.contact_key or "",
-            "payload": event.payload,
             "reason": event.skip_reason or "",
         }
+        if not event.payload_checked:  # canonical() walked it already (the hot path)
+            fields["payload"] = event.payload
         bad = [name for name, value in fields.items() if _unstorable_fields(value, name)]
         if bad:
             prefix = f"{index}." if len(events) > 1 else ""
