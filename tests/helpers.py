@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -15,6 +17,7 @@ from standardwebhooks import Webhook
 
 from gatehouse.crypto import hash_token, new_token
 from gatehouse.extensions import db
+from gatehouse.logs import JsonFormatter
 from gatehouse.models import ApiToken
 from gatehouse.queue.worker import GatehouseWorker
 from gatehouse.sources import add_source
@@ -132,3 +135,23 @@ def refusing_event_inserts() -> Iterator[None]:
         else:
             db.session.execute(text("DROP TRIGGER IF EXISTS refuse_events"))
         db.session.commit()
+
+
+@contextmanager
+def json_log_lines() -> Iterator[io.StringIO]:
+    """Every record of every logger (ours, RQ's, werkzeug's) at DEBUG, as JSON lines."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.DEBUG)
+    loggers = [logging.getLogger(), logging.getLogger("gatehouse"), logging.getLogger("rq")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG)
+    try:
+        yield stream
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import re
 from collections.abc import Iterator
 
@@ -13,26 +12,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gatehouse.crypto import hash_token
-from gatehouse.logs import JsonFormatter
-from tests.helpers import bearer, create_token, keap_url, post_standard, run_worker
+from tests.helpers import bearer, create_token, json_log_lines, keap_url, post_standard, run_worker
 
 
 @pytest.fixture
 def log_lines() -> Iterator[io.StringIO]:
-    """Every record of every logger (ours, RQ's, werkzeug's) at DEBUG, as JSON lines."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    handler.setLevel(logging.DEBUG)
-    loggers = [logging.getLogger(), logging.getLogger("gatehouse"), logging.getLogger("rq")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(logging.DEBUG)
-    yield stream
-    for lg, level in zip(loggers, levels, strict=True):
-        lg.removeHandler(handler)
-        lg.setLevel(level)
+    with json_log_lines() as stream:
+        yield stream
 
 
 def cli(app: Flask, *args: str) -> str:

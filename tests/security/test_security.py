@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import io
 import json
-import logging
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -24,12 +23,11 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from gatehouse.extensions import db
-from gatehouse.logs import JsonFormatter
 from gatehouse.models import Source, SourceSecret, utcnow
 from gatehouse.openapi import ADMIN, build_spec
 from gatehouse.webhooks.senders import SENDERS
 from gatehouse.webhooks.source_cache import forget_sources
-from tests.helpers import bearer, create_token, event_count
+from tests.helpers import bearer, create_token, event_count, json_log_lines
 from tests.security.test_fuzz_senders import FIXTURES, Kind, setup_kind
 from tests.webhooks.senders.support import rotate
 from tests.webhooks.senders.test_clickfunnels import cf_headers
@@ -213,19 +211,8 @@ def test_tokens_create_shows_the_token_once_and_it_is_stored_only_hashed(app: Fl
 
 @pytest.fixture
 def log_text() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    handler.setLevel(logging.DEBUG)
-    loggers = [logging.getLogger(), logging.getLogger("gatehouse")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(logging.DEBUG)
-    yield stream
-    for lg, level in zip(loggers, levels, strict=True):
-        lg.removeHandler(handler)
-        lg.setLevel(level)
+    with json_log_lines() as stream:
+        yield stream
 
 
 def _fixture_body(kind: Kind) -> bytes:
