@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from gatehouse.extensions import db
 from gatehouse.models import Event, Source
@@ -123,3 +124,41 @@ def test_on_sqlite_inserts_wait_their_turn_at_the_ingest_lock(app: Flask, tmp_pa
     holder.wait(5)
     assert stored.new_ids
     assert waited >= 0.3  # it waited for the other process's turn to end
+
+
+def test_the_driver_connection_is_kept_between_inserts(app: Flask) -> None:
+    info = source_info()
+    store_and_commit(info, [event("one")], {})
+    driver = inbox._DRIVER_INSERTS[db.engine]
+    held = driver._held.connection
+    store_and_commit(info, [event("two")], {})
+    assert driver._held.connection is held  # no pool checkout per request
+    assert held.dbapi_connection is not None
+
+
+def test_a_broken_driver_connection_is_replaced(app: Flask) -> None:
+    info = source_info()
+    store_and_commit(info, [event("before")], {})
+    driver = inbox._DRIVER_INSERTS[db.engine]
+    broken = driver._held.connection
+    broken.dbapi_connection.close()  # as a database restart would leave it
+
+    with pytest.raises(DBAPIError):  # answered 503 by the view; the sender retries
+        store_and_commit(info, [event("during")], {})
+    assert driver._held.connection is None
+    after = store_and_commit(info, [event("after")], {})
+    assert after.new_ids
+    assert driver._held.connection is not broken
+    stored = set(db.session.execute(select(Event.external_id)).scalars())
+    assert stored == {"before", "after"}
+
+
+def test_disposing_the_engine_gives_the_held_connections_back(app: Flask) -> None:
+    info = source_info()
+    store_and_commit(info, [event("one")], {})
+    driver = inbox._DRIVER_INSERTS[db.engine]
+    held = driver._held.connection
+    db.engine.dispose()
+    assert held.dbapi_connection is None  # closed, not leaked (PostgreSQL counts them)
+    assert driver._all_held == []
+    assert store_and_commit(info, [event("two")], {}).new_ids

@@ -586,3 +586,19 @@ def test_an_accepted_event_from_a_cached_source_is_answered_in_front_of_flask(
     assert seen == ["flask"]  # only the first, whose source was not cached yet
     assert second.json == {"status": "accepted", "events": second.json["events"]}
     assert again.json == {"status": "duplicate", "events": second.json["events"]}
+
+
+def test_a_dropped_database_connection_costs_the_sender_nothing(
+    app: Flask, client: FlaskClient, secret: str
+) -> None:
+    """The insert's held connection broke (a database restart): the view retries the
+    request's store on a new one, and the sender gets its 202."""
+    from gatehouse.webhooks import inbox
+
+    assert post_standard(client, SLUG, secret, tags_set(), "msg_before").status_code == 202
+    driver = inbox._DRIVER_INSERTS[db.engine]
+    driver._held.connection.dbapi_connection.close()
+
+    r = post_standard(client, SLUG, secret, tags_set(), "msg_after")
+    assert r.status_code == 202, r.json
+    assert event_count() == 2
