@@ -127,6 +127,9 @@ def app(database_url: str, redis_server: RedisServer) -> Iterator[Flask]:
     with app.app_context():
         db.create_all()
         yield app
+        reader = app.extensions.get("gatehouse.cache_reader")
+        if reader is not None:
+            reader.close()
         db.session.remove()
         db.drop_all()
         db.engine.dispose()

@@ -12,9 +12,11 @@ import os
 import threading
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import redis
 from flask import Flask, current_app
+from redis.connection import Connection
 
 from gatehouse import metrics
 from gatehouse.access.rules import Access, evaluate
@@ -84,6 +86,7 @@ def store(answers: dict[str, tuple[int, bytes, Access]], app: Flask | None = Non
             if access.expires_at is not None:
                 pipe.zadd(GRACE_KEY, {member_id: access.expires_at.timestamp()})
         pipe.execute()
+    forget_local(list(answers), app)
 
 
 def refresh(member_ids: Sequence[str]) -> dict[str, tuple[int, bytes, Access]]:
@@ -97,42 +100,153 @@ def refresh(member_ids: Sequence[str]) -> dict[str, tuple[int, bytes, Access]]:
 def read(member_id: str, app: Flask | None = None) -> bytes | None:
     """The cached answer's bytes as stored, or None; raises redis errors."""
     app = app or current_app
-    reader: _Reader | None = app.extensions.get("gatehouse.cache_reader")
+    reader: TrackedReader | None = app.extensions.get("gatehouse.cache_reader")
     if reader is None:
-        reader = app.extensions["gatehouse.cache_reader"] = _Reader(redis_client.get(app))
+        reader = app.extensions["gatehouse.cache_reader"] = TrackedReader(redis_client.get(app))
     return reader.body(member_id)
 
 
-class _Reader:
-    """The hot read on a connection of its own, one per process, outside the pool.
+def forget_local(member_ids: Sequence[str], app: Flask | None = None) -> None:
+    """Drop this thread's copies of these answers (it has just written them)."""
+    reader: TrackedReader | None = (app or current_app).extensions.get("gatehouse.cache_reader")
+    if reader is not None:
+        reader.forget([KEY.format(m).encode() for m in member_ids])
 
-    Every page view of a membership site asks this. Through `Redis.hget` a read checks a
-    connection out of the pool and back in and goes through the retry and command-parsing
-    layers: more client CPU than the round trip's own. Same connection settings (timeouts,
-    auth, database) as the pool's; a connection error drops the connection (the next read
-    opens a new one) and is raised, so callers fall back as before.
+
+INVALIDATIONS = "__redis__:invalidate"
+
+
+def _as_is(message: Any) -> Any:
+    return message
+
+MAX_LOCAL_ANSWERS = 50_000  # about 15 MB of answers per process at most
+
+
+class _ReaderState(threading.local):
+    pid = 0
+    data: Connection | None = None
+    invalidations: Connection | None = None
+
+    def __init__(self) -> None:
+        self.answers: dict[bytes, bytes] = {}
+
+
+class TrackedReader:
+    """The hot read, answered from process memory that Redis tells us is stale.
+
+    Every page view of a membership site asks this, and a Redis round trip (send, wait for
+    redis-server to be scheduled, read) was most of its cost and most of its p99 on a busy
+    2-core machine. So each process (and thread) keeps the answers it has read, and Redis's
+    own client-side caching protocol keeps them right: the data connection runs
+    `CLIENT TRACKING ON REDIRECT <id>`, and Redis then publishes, on a second connection
+    subscribed to `__redis__:invalidate`, every key it has served us that was since written,
+    expired, evicted or flushed. Before each read the pending invalidations are applied (a
+    non-blocking read of that socket, no round trip). Redis >= 6 in RESP2; redis-py's own
+    client-side cache needs 7.4 and RESP3.
+
+    What can make a copy wrong, and what covers it:
+    - the invalidation connection drops (Redis restart, `CLIENT KILL`, output buffer limit):
+      the next read finds it closed, forgets every copy and reconnects both connections;
+    - this thread writes an answer: `store` forgets its copies itself, so a read after a
+      write in the same thread never waits on the notice;
+    - another process's write whose notice is still on the wire when a read starts: that
+      read is as if it had arrived those microseconds earlier.
+    A connection error drops both connections and every copy; the read is tried once more
+    on new connections (the old ones may predate a Redis restart), and a second error is
+    raised, so callers fall back as before.
     """
 
     def __init__(self, client: redis.Redis) -> None:
         pool = client.connection_pool
         self.connection_class = pool.connection_class
         self.connection_kwargs = dict(pool.connection_kwargs)
-        self.local = threading.local()  # one per thread too (gthread, tests)
+        self.state = _ReaderState()  # one per thread (gthread, tests); a fork resets it
 
     def body(self, member_id: str) -> bytes | None:
-        local = self.local
-        connection = getattr(local, "connection", None)
-        if connection is None or local.pid != os.getpid():  # a fork gets its own
-            connection = local.connection = self.connection_class(**self.connection_kwargs)
-            local.pid = os.getpid()
+        key = KEY.format(member_id).encode()
         try:
-            connection.send_command("HGET", KEY.format(member_id), "body")
-            found: bytes | None = connection.read_response()
+            return self._body(key)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
-            connection.disconnect()
-            local.connection = None
+            # A connection left over from before a Redis restart (every copy is dropped
+            # with it): one more try on new connections, whose error is the caller's.
+            self._reset(self.state)
+        try:
+            return self._body(key)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self._reset(self.state)
             raise
+
+    def _body(self, key: bytes) -> bytes | None:
+        state = self.state
+        if state.data is None or state.pid != os.getpid():  # a fork gets its own
+            self._connect(state)
+        data, invalidations = state.data, state.invalidations
+        assert data is not None and invalidations is not None
+        while invalidations.can_read(timeout=0):
+            self._apply(state, invalidations.read_response(push_request=True))
+        found = state.answers.get(key)
+        if found is not None:
+            return found
+        data.send_command("HGET", key, "body")
+        found = data.read_response()
+        if found is not None:
+            if len(state.answers) >= MAX_LOCAL_ANSWERS:
+                del state.answers[next(iter(state.answers))]  # the oldest copy
+            state.answers[key] = found
         return found
+
+    def close(self) -> None:
+        """Close this thread's connections (an app being discarded, in tests)."""
+        self._reset(self.state)
+
+    def forget(self, keys: Sequence[bytes]) -> None:
+        for key in keys:
+            self.state.answers.pop(key, None)
+
+    def _connect(self, state: _ReaderState) -> None:
+        self._reset(state)
+        state.pid = os.getpid()
+        invalidations = state.invalidations = self.connection_class(**self.connection_kwargs)
+        invalidations.send_command("CLIENT", "ID")
+        client_id = invalidations.read_response()
+        # hiredis hands pub/sub and invalidation messages to handlers (the invalidation one
+        # drops them by default); ours return them. redis-py's own RESP2 parser returns
+        # them as they are and has no handlers.
+        parser: Any = invalidations._parser
+        if hasattr(parser, "set_invalidation_push_handler"):
+            parser.set_pubsub_push_handler(_as_is)
+            parser.set_invalidation_push_handler(_as_is)
+        invalidations.send_command("SUBSCRIBE", INVALIDATIONS)
+        invalidations.read_response(push_request=True)
+        data = state.data = self.connection_class(**self.connection_kwargs)
+        data.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id)
+        data.read_response()
+
+    @staticmethod
+    def _apply(state: _ReaderState, message: Any) -> None:
+        # RESP2 pub/sub: [b"message", b"__redis__:invalidate", keys]; hiredis presents the
+        # same as [b"invalidate", keys]. Null keys: forget everything (FLUSHALL, overflow).
+        if not isinstance(message, list) or not message:
+            return
+        if message[0] == b"invalidate" and len(message) == 2:
+            keys = message[1]
+        elif message[0] == b"message" and len(message) == 3:
+            keys = message[2]
+        else:
+            return  # the subscription's confirmation
+        if keys is None:
+            state.answers.clear()
+            return
+        for key in keys:
+            state.answers.pop(key, None)
+
+    @staticmethod
+    def _reset(state: _ReaderState) -> None:
+        state.answers.clear()
+        for connection in (state.data, state.invalidations):
+            if connection is not None:
+                connection.disconnect()
+        state.data = state.invalidations = None
 
 
 def read_or_compute(member_id: str) -> bytes | None:
