@@ -162,3 +162,18 @@ def test_disposing_the_engine_gives_the_held_connections_back(app: Flask) -> Non
     assert held.dbapi_connection is None  # closed, not leaked (PostgreSQL counts them)
     assert driver._all_held == []
     assert store_and_commit(info, [event("two")], {}).new_ids
+
+
+def test_one_event_is_its_own_transaction_and_several_stay_all_or_nothing(app: Flask) -> None:
+    info = source_info()
+    assert store_and_commit(info, [event("alone")], {}).new_ids  # autocommit, one statement
+    driver = inbox._DRIVER_INSERTS[db.engine]
+    held = driver._held.connection.dbapi_connection
+    if not _sqlite():
+        assert held.autocommit is False  # left as SQLAlchemy expects it
+    # Several events with one already stored: the driver path writes none of them (its
+    # transaction rolls back) and the general path stores the new ones and counts the old.
+    batch = store_and_commit(info, [event("new-1"), event("alone"), event("new-2")], {})
+    assert len(batch.new_ids) == 2 and batch.duplicates == 1
+    deliveries = dict(db.session.execute(select(Event.external_id, Event.deliveries)).all())
+    assert deliveries == {"alone": 2, "new-1": 1, "new-2": 1}
