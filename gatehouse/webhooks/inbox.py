@@ -176,19 +176,22 @@ class DriverInsert:
             for name in self.columns
             if table.c[name].default is not None and callable(table.c[name].default.arg)
         }
+        # Per column: (name, bind name, default callable, bind processor), worked out once.
+        self.plan = [
+            (name, f"p_{name}", self.defaults.get(name), self.processors[f"p_{name}"])
+            for name in self.columns
+        ]
 
     def params(self, row: dict[str, Any]) -> Any:
         bound: dict[str, Any] = {}
-        for name in self.columns:
-            key = f"p_{name}"
+        for name, key, default, process in self.plan:
             if name in row:
                 value = row[name]
-            elif name in self.defaults:
-                value = self.defaults[name](None)  # SQLAlchemy passes a context; ours ignore it
+            elif default is not None:
+                value = default(None)  # SQLAlchemy passes a context; ours ignore it
             else:
                 bound[key] = None  # left out of an insert: SQL NULL (a JSON column's too)
                 continue
-            process = self.processors[key]
             bound[key] = process(value) if process is not None else value
         if self.positional is not None:
             return tuple(bound[key] for key in self.positional)
@@ -225,6 +228,11 @@ class DriverInsert:
         for raw in held:
             if raw.dbapi_connection is not None:
                 raw.close()
+        # Per column: (name, bind name, default callable, bind processor), worked out once.
+        self.plan = [
+            (name, f"p_{name}", self.defaults.get(name), self.processors[f"p_{name}"])
+            for name in self.columns
+        ]
         self._held = threading.local()
 
     def _insert(self, rows: list[dict[str, Any]]) -> dict[str, str] | None:
