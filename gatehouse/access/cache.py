@@ -147,6 +147,8 @@ class TrackedReader:
     What can make a copy wrong, and what covers it:
     - the invalidation connection drops (Redis restart, `CLIENT KILL`, output buffer limit):
       the next read finds it closed, forgets every copy and reconnects both connections;
+    - the data connection drops (Redis then stops tracking its keys): the same, as each read
+      also checks that socket (a non-blocking read, like the first);
     - this thread writes an answer: `store` forgets its copies itself, so a read after a
       write in the same thread never waits on the notice;
     - another process's write whose notice is still on the wire when a read starts: that
@@ -184,6 +186,10 @@ class TrackedReader:
         assert data is not None and invalidations is not None
         while invalidations.can_read(timeout=0):
             self._apply(state, invalidations.read_response(push_request=True))
+        if data.can_read(timeout=0):
+            # Nothing is ever due on it between reads, so it was closed (idle timeout, CLIENT
+            # KILL): Redis stopped tracking what it read, and no notice will come for that.
+            raise redis.ConnectionError("the tracked connection was closed by Redis")
         found = state.answers.get(key)
         if found is not None:
             return found

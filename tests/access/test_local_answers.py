@@ -138,3 +138,17 @@ def cache_access() -> Any:
     from gatehouse.access.rules import Access
 
     return Access(groups=(), permissions=(), sections=(), landing=None)
+
+
+def test_losing_the_tracked_connection_forgets_every_copy(app: Flask) -> None:
+    """Redis stops tracking the keys a closed connection read, so no notice would come."""
+    client = redis_client.get(app)
+    client.hset(cache.KEY.format("m1"), "body", b"old")
+    assert cache.read("m1") == b"old"
+    data = reader(app).state.data
+    data.send_command("CLIENT", "ID")
+    tracked_id = data.read_response()
+    assert client.client_kill_filter(_id=tracked_id) == 1
+    client.hset(cache.KEY.format("m1"), "body", b"new")  # no longer tracked: no notice
+
+    assert cache.read("m1") == b"new"
