@@ -9,6 +9,7 @@ from sqlalchemy import select
 from gatehouse.extensions import db
 from gatehouse.models import Source, utcnow
 from gatehouse.sources import SourceError, add_source, hook_urls, remove_source, rotate_source
+from gatehouse.webhooks.senders import SENDERS
 
 sources = AppGroup("sources", help="Senders: their kind, secret(s) and CRM namespace.")
 
@@ -50,6 +51,7 @@ def add(
     click.echo(f"Source {source.slug} ({source.kind}, crm {source.crm}) created.")
     if secret is None and kind != "ghl":
         click.echo(f"Secret (shown once, store it in the sender): {chosen}")
+        _warn_if_issued(source.slug, kind)
     click.echo("Webhook URL(s):")
     for url in hook_urls(source, chosen):
         click.echo(f"  {url}")
@@ -97,6 +99,7 @@ def rotate(slug: str, secret: str | None, grace_hours: float) -> None:
     )
     if secret is None:
         click.echo(f"New secret (shown once): {chosen}")
+        _warn_if_issued(source.slug, source.kind)
     click.echo("Webhook URL(s):")
     for url in hook_urls(source, chosen):
         click.echo(f"  {url}")
@@ -113,3 +116,15 @@ def remove(slug: str) -> None:
         raise _fail(exc) from None
     suffix = f"; its {kept} event(s) are kept for history" if kept else ""
     click.echo(f"Source {slug} removed{suffix}.")
+
+
+def _warn_if_issued(slug: str, kind: str) -> None:
+    """The sender issues its own secret: a generated one fails every signature (401)."""
+    issued = SENDERS[kind].issued_secret
+    if issued:
+        click.echo(
+            f"Warning: {kind} signs with a secret it issues itself, {issued}; the generated "
+            f"one above fails every signature until you run `flask --app wsgi sources rotate "
+            f"{slug} --secret SECRET --grace-hours 0` with it.",
+            err=True,
+        )

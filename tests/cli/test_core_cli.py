@@ -92,6 +92,37 @@ def test_sources_add_refuses_bad_input_saying_how_to_fix_it(
     assert db.session.execute(select(Source)).first() is None
 
 
+@pytest.mark.parametrize(
+    ("kind", "where"),
+    [("stripe", "Signing secret"), ("hubspot", "client secret")],
+)
+def test_sources_add_warns_that_a_generated_secret_fails_senders_that_issue_their_own(
+    app: Flask, kind: str, where: str
+) -> None:
+    result = cli(app, "sources", "add", kind, "--kind", kind)
+
+    assert result.exit_code == 0, result.output
+    assert f"Warning: {kind} signs with a secret it issues itself" in result.stderr
+    assert where in result.stderr  # says where to find it
+    assert f"sources rotate {kind} --secret SECRET" in result.stderr  # and how to fix it
+
+    given = cli(app, "sources", "add", f"{kind}-2", "--kind", kind, "--secret", "s3cret")
+    assert given.exit_code == 0 and "Warning" not in given.stderr
+    standard = cli(app, "sources", "add", "bridge", "--kind", "standard")
+    assert "Warning" not in standard.stderr  # Gatehouse's own secret is the one to paste
+
+
+def test_sources_rotate_warns_when_it_generates_a_secret_the_sender_issues(app: Flask) -> None:
+    cli(app, "sources", "add", "stripe", "--kind", "stripe", "--secret", "whsec_old")
+
+    generated = cli(app, "sources", "rotate", "stripe")
+    assert generated.exit_code == 0
+    assert "Warning: stripe signs with a secret it issues itself" in generated.stderr
+
+    given = cli(app, "sources", "rotate", "stripe", "--secret", "whsec_new")
+    assert given.exit_code == 0 and "Warning" not in given.stderr
+
+
 def test_sources_add_refuses_an_existing_slug(app: Flask) -> None:
     cli(app, "sources", "add", "bridge", "--kind", "standard")
 

@@ -85,6 +85,9 @@ def parse_json(body: bytes) -> Any:
 
 class BaseSender:
     kind: ClassVar[str] = ""
+    # Where the signing secret comes from when the sender issues it (Gatehouse cannot make
+    # one up: a generated secret would fail every signature); empty: Gatehouse generates it.
+    issued_secret: ClassVar[str] = ""
     media_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
     unavailable_status: ClassVar[int] = 503
     signs_url: ClassVar[bool] = False

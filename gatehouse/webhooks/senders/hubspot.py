@@ -142,6 +142,7 @@ def _required(item: Any, index: int) -> None:
 
 class HubSpotSender(BaseSender):
     kind = "hubspot"
+    issued_secret = "your HubSpot app's client secret (app settings → Auth)"
     signs_url = True
 
     def verify(self, inbound: Inbound, source: SourceInfo, tolerance: int) -> None:

@@ -264,6 +264,10 @@ def _envelope(parsed: Any) -> tuple[str, str, datetime, dict[str, Any]]:
 
 class StripeSender(BaseSender):
     kind = "stripe"
+    issued_secret = (
+        "the endpoint's signing secret, whsec_… (Stripe dashboard → Developers → Webhooks → "
+        "the endpoint → Signing secret)"
+    )
 
     def verify(self, inbound: Inbound, source: SourceInfo, tolerance: int) -> None:
         header = inbound.headers.get("stripe-signature")
