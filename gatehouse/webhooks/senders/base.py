@@ -55,6 +55,7 @@ class CanonicalEvent:
 
 class Sender(Protocol):
     kind: ClassVar[str]
+    issued_secret: ClassVar[str]
     media_types: ClassVar[frozenset[str]]
     # HighLevel retries only on 429, so it is told 429 when we cannot store.
     unavailable_status: ClassVar[int]
