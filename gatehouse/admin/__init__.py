@@ -25,7 +25,7 @@ from flask import (
     session,
     url_for,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
 from gatehouse import audit
@@ -258,7 +258,10 @@ def members() -> str:
         if "@" in query:
             found = list(
                 db.session.execute(
-                    select(Member).where(Member.email == query).order_by(Member.id).limit(20)
+                    select(Member)
+                    .where(func.lower(Member.email) == query.lower())
+                    .order_by(Member.id)
+                    .limit(20)
                 ).scalars()
             )
         elif parse_contact(query):

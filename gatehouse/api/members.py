@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from gatehouse.access import cache
@@ -91,7 +91,7 @@ def list_members() -> Any:
         members = (
             db.session.execute(
                 select(Member)
-                .where(Member.email == email.strip())
+                .where(func.lower(Member.email) == email.strip().lower())
                 .options(selectinload(Member.contacts))
                 .order_by(Member.id)
                 .limit(100)

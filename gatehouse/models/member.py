@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, String, Text, UniqueConstraint, func
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from gatehouse.models.base import Base, new_id, utcnow
@@ -17,7 +17,7 @@ class Member(Base):
     __tablename__ = "members"
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_id)
-    email: Mapped[str | None] = mapped_column(String(320), index=True)
+    email: Mapped[str | None] = mapped_column(String(320))
     name: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="active")
     # The assertion that set `status` (a revoke event, or an admin's revoke/restore).
@@ -40,6 +40,11 @@ class Member(Base):
 
     def touch(self) -> None:
         self.access_version += 1
+
+
+# Emails are kept as the sender wrote them and matched without case (Jane@Example.com is
+# jane@example.com to every mail system a member uses).
+Index("ix_members_email_lower", func.lower(Member.email))
 
 
 class Contact(Base):

@@ -132,6 +132,15 @@ def test_member_by_email(app: Flask, client: FlaskClient, jane: str) -> None:
     assert [m["id"] for m in r.json["members"]] == [jane]
 
 
+def test_member_by_email_ignores_case(app: Flask, client: FlaskClient, jane: str) -> None:
+    """A support agent types the address as the member spelled it on the phone."""
+    r = client.get(
+        "/api/members?email=%20Jane@Example.COM", headers=bearer(create_token("reader"))
+    )
+
+    assert [m["id"] for m in r.json["members"]] == [jane]
+
+
 def test_member_list_with_no_match_is_empty(app: Flask, client: FlaskClient) -> None:
     r = client.get("/api/members?email=nobody@example.com", headers=bearer(create_token("reader")))
 

@@ -101,6 +101,8 @@ def test_find_preview_and_replay_a_failed_event_from_the_page(
     assert 'id="event-status">processed' in detail
     member = client.get("/admin/members?q=keap:2729").get_data(as_text=True)
     assert "section:community" in member and "jane@example.com" in member
+    by_email = client.get("/admin/members?q=JANE@example.com").get_data(as_text=True)
+    assert "section:community" in by_email  # found whatever the case typed
     audit = client.get("/admin/audit").get_data(as_text=True)
     assert "event.replay.preview" in audit and "event.replay" in audit and "ops" in audit
 
