@@ -244,6 +244,43 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/api/members/{member_id}/restore": {
             "post": _member_action("restore", "Restore a revoked member")
         },
+        "/api/members/{member_id}/password-token": {
+            "post": {
+                "summary": "A set-password token for the member (valid 7 days, single use)",
+                "tags": ["members"],
+                "security": ADMIN,
+                "parameters": [MEMBER_ID],
+                "responses": {
+                    "200": _json("PasswordToken", "give it to the member, e.g. in a link"),
+                    "404": _error("no such member (`not_found`)"),
+                    **ADMIN_ERRORS,
+                },
+            }
+        },
+        "/api/members/password": {
+            "post": {
+                "summary": "Set a member's password with their set-password token",
+                "description": "For the membership site's backend: the member chose a "
+                "password on a page reached with the token. Spending the token makes it, "
+                "and every token handed out before it, stop working.",
+                "tags": ["members"],
+                "security": READER,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": "SetPasswordRequest"}},
+                },
+                "responses": {
+                    "200": _json("PasswordSet", "the password is set"),
+                    "400": _error(
+                        "not a JSON body {token, password} (`bad_request`), a password not 8 "
+                        "to 1024 characters (`bad_password`), or a token that is not genuine "
+                        "or expired (`invalid_token`)"
+                    ),
+                    "409": _error("the token was spent already (`token_used`)"),
+                    **AUTH_ERRORS,
+                },
+            }
+        },
         "/api/members/{member_id}/all-access": {
             "post": _member_action(
                 "all-access", "Turn all-access on or off", body="AllAccessRequest"
@@ -399,6 +436,9 @@ SCHEMAS: dict[str, type] = {
     "Explain": api.ExplainSchema,
     "ActionResult": api.ActionResultSchema,
     "AllAccessRequest": api.AllAccessRequestSchema,
+    "PasswordToken": api.PasswordTokenSchema,
+    "SetPasswordRequest": api.SetPasswordRequestSchema,
+    "PasswordSet": api.PasswordSetSchema,
     "Event": api.EventSchema,
     "EventDetail": api.EventDetailSchema,
     "EventList": api.EventListSchema,

@@ -2,6 +2,7 @@
 
 POST /api/members/<id>/revoke | /restore | /refresh      (admin)
 POST /api/members/<id>/all-access  {"enabled": true}      (admin)
+POST /api/members/<id>/password-token                    (admin)
 GET  /api/members/<id>/access/explain?permission=P        (reader)
 """
 
@@ -10,9 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
-from gatehouse import audit
+from gatehouse import audit, passwords
 from gatehouse.access.explain import explain
 from gatehouse.api.auth import require
 from gatehouse.extensions import db
@@ -67,6 +68,19 @@ def all_access(member_id: str) -> Any:
         )
     action = "member.all_access_on" if enabled else "member.all_access_off"
     return _run(member_id, action, lambda: admin.set_all_access(member_id, enabled))
+
+
+@bp.post("/members/<member_id>/password-token")
+@require("admin")
+def password_token(member_id: str) -> Any:
+    token = passwords.token_for_member(current_app.config["SECRET_KEY"], member_id)
+    db.session.rollback()
+    if token is None:
+        return _error(404, "not_found", f"no member {member_id!r}")
+    audit.note("member.password_token", member_id)
+    return jsonify(
+        {"member_id": member_id, "token": token, "expires_in": passwords.SET_PASSWORD_MAX_AGE}
+    )
 
 
 @bp.get("/members/<member_id>/access/explain")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
+from gatehouse import passwords
 from gatehouse.access import cache
 from gatehouse.api.auth import require
 from gatehouse.extensions import db
@@ -15,6 +17,7 @@ from gatehouse.handlers.tags import present_tags
 from gatehouse.models import Contact, Member, Subscription
 
 bp = Blueprint("api_members", __name__, url_prefix="/api")
+log = logging.getLogger("gatehouse.api")
 
 
 def not_found() -> tuple[Response, int]:
@@ -80,6 +83,32 @@ def member_json(member: Member) -> dict[str, Any]:
             for s in subs
         ],
     }
+
+
+@bp.post("/members/password")
+@require("reader")
+def set_password() -> Any:
+    body = request.get_json(silent=True)
+    token = body.get("token") if isinstance(body, dict) else None
+    password = body.get("password") if isinstance(body, dict) else None
+    if not isinstance(token, str) or not isinstance(password, str):
+        return bad_request('send a JSON body {"token": "...", "password": "..."}')
+    try:
+        member_id = passwords.set_password_with_token(
+            current_app.config["SECRET_KEY"], token, password
+        )
+    except passwords.PasswordError as exc:
+        db.session.rollback()
+        return _json_error(409 if exc.code == "token_used" else 400, exc.code, exc.detail)
+    db.session.commit()
+    log.info("member.password_set", extra={"member": member_id})
+    return jsonify({"member_id": member_id, "status": "password_set"})
+
+
+def _json_error(status: int, code: str, detail: str) -> Any:
+    response = jsonify({"error": code, "detail": detail})
+    response.status_code = status
+    return response
 
 
 @bp.get("/members")

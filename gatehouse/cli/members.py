@@ -208,12 +208,10 @@ def password_token(member_id: str) -> None:
     """Print a set-password token for the member (valid 7 days, until the password is set)."""
     from flask import current_app
 
-    from gatehouse.models import Member
-    from gatehouse.passwords import set_password_token
+    from gatehouse.passwords import token_for_member
 
-    member = db.session.get(Member, member_id)
+    token = token_for_member(current_app.config["SECRET_KEY"], member_id)
     db.session.rollback()
-    if member is None:
+    if token is None:
         raise click.ClickException(f"no member {member_id}; find it with GET /api/members?email=")
-    secret_key = current_app.config["SECRET_KEY"]
-    click.echo(set_password_token(secret_key, member.id, member.password_nonce))
+    click.echo(token)

@@ -87,6 +87,24 @@ class ActionResultSchema(Schema):
     version = fields.Integer(required=True)
 
 
+class PasswordTokenSchema(Schema):
+    member_id = fields.String(required=True)
+    token = fields.String(required=True, metadata={"description": "single use"})
+    expires_in = fields.Integer(required=True, metadata={"description": "seconds"})
+
+
+class SetPasswordRequestSchema(Schema):
+    token = fields.String(required=True, metadata={"description": "a set-password token"})
+    password = fields.String(
+        required=True, validate=validate.Length(min=8, max=1024), metadata={"writeOnly": True}
+    )
+
+
+class PasswordSetSchema(Schema):
+    member_id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(["password_set"]))
+
+
 class AllAccessRequestSchema(Schema):
     enabled = fields.Boolean(required=True)
 
