@@ -41,6 +41,7 @@ from gatehouse.event_query import (
     slugs,
 )
 from gatehouse.extensions import db
+from gatehouse.identity import admin as identity_admin
 from gatehouse.models import STATUSES, ApiToken, Event, Member, Replay, Source
 from gatehouse.queue.replay import ReplayUnavailable, preview, replay_one, start_bulk
 
@@ -296,6 +297,37 @@ def members() -> str:
     )
     db.session.rollback()
     return page_body
+
+
+MEMBER_ACTIONS: dict[str, Any] = {
+    "revoke": identity_admin.revoke,
+    "restore": identity_admin.restore,
+    "refresh": identity_admin.refresh,
+}
+
+
+@bp.post("/members/<member_id>/action")
+def member_action(member_id: str) -> Response:
+    """The same admin actions as POST /api/members/<id>/revoke|restore|refresh."""
+    action = request.form.get("action", "")
+    back = redirect(url_for("admin.members", q=request.form.get("q") or member_id))
+    run = MEMBER_ACTIONS.get(action)
+    if run is None:
+        flash(f"Unknown action {action!r}: revoke, restore or refresh.")
+        return back
+    try:
+        result = run(member_id)
+    except identity_admin.AdminError as exc:
+        db.session.rollback()
+        flash(exc.detail)
+        return back
+    audit.note(f"member.{action}", member_id, changed=result.changed)
+    flash(
+        f"{action.capitalize()}: done, member is {result.status}."
+        if result.changed or action == "refresh"
+        else f"{action.capitalize()}: nothing to change, member is {result.status}."
+    )
+    return back
 
 
 def _explain(module: Any, member_id: str, permission: str) -> Any:

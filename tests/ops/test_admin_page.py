@@ -122,3 +122,49 @@ def test_bulk_replay_from_the_page_shows_progress(app: Flask, client: FlaskClien
     run_worker(app)
     page = client.get(r.headers["Location"]).get_data(as_text=True)
     assert 'id="replay-status">finished' in page and "<dd>2</dd>" in page
+
+
+def test_revoke_and_restore_a_member_from_the_page(app: Flask, client: FlaskClient) -> None:
+    from gatehouse.access import cache
+    from gatehouse.models import Member
+
+    setup_member(app, client)
+    login(client, create_token("admin", "ops"))
+    page = client.get("/admin/members?q=keap:2729").get_data(as_text=True)
+    assert "Revoke all access" in page and "Restore access" not in page
+    member_id = db.session.query(Member.id).scalar()
+    token = csrf(client)
+
+    r = client.post(
+        f"/admin/members/{member_id}/action",
+        data={"action": "revoke", "q": "keap:2729", "csrf_token": token},
+    )
+    assert r.status_code == 302 and "q=keap" in r.headers["Location"]
+    page = client.get(r.headers["Location"]).get_data(as_text=True)
+    assert "Revoke: done, member is revoked." in page and "Restore access" in page
+    assert json_of(cache.read(member_id))["permissions"] == []  # the cache says so at once
+
+    client.post(
+        f"/admin/members/{member_id}/action",
+        data={"action": "restore", "q": "keap:2729", "csrf_token": token},
+    )
+    assert json_of(cache.read(member_id))["status"] == "active"
+    actions = [e.action for e in db.session.query(AuditEntry).order_by(AuditEntry.id)]
+    assert actions[-2:] == ["member.revoke", "member.restore"]
+
+    unknown = client.post(
+        f"/admin/members/{member_id}/action", data={"action": "delete", "csrf_token": token}
+    )
+    page = client.get(unknown.headers["Location"]).get_data(as_text=True)
+    assert "Unknown action" in page
+    stale = client.post(f"/admin/members/{member_id}/action", data={"action": "revoke"})
+    assert stale.status_code == 400  # no CSRF token: refused, nothing done
+    db.session.expire_all()
+    assert db.session.get(Member, member_id).status == "active"  # type: ignore[union-attr]
+
+
+def json_of(body: bytes | None) -> dict[str, object]:
+    import json
+
+    assert body is not None
+    return dict(json.loads(body))
