@@ -114,12 +114,11 @@ def forget_local(member_ids: Sequence[str], app: Flask | None = None) -> None:
 
 
 INVALIDATIONS = "__redis__:invalidate"
+MAX_LOCAL_ANSWERS = 50_000  # about 15 MB of answers per process at most
 
 
 def _as_is(message: Any) -> Any:
     return message
-
-MAX_LOCAL_ANSWERS = 50_000  # about 15 MB of answers per process at most
 
 
 class _ReaderState(threading.local):

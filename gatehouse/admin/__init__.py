@@ -339,8 +339,10 @@ def _explain(module: Any, member_id: str, permission: str) -> Any:
                 result = fn(member_id, permission)
             except Exception as exc:  # noqa: BLE001 - shown to the admin, the page still works
                 return {"error": f"{type(exc).__name__}: {exc}"}
-            return result if isinstance(result, dict | list | str) else getattr(
-                result, "__dict__", str(result)
+            return (
+                result
+                if isinstance(result, dict | list | str)
+                else getattr(result, "__dict__", str(result))
             )
     return None
 
@@ -358,8 +360,9 @@ def hygiene() -> str:
             if callable(fn):
                 report = fn()
                 break
-    body = render_template("admin/hygiene.html", report=report, exists=module is not None,
-                           pretty=_pretty)
+    body = render_template(
+        "admin/hygiene.html", report=report, exists=module is not None, pretty=_pretty
+    )
     db.session.rollback()
     return body
 

@@ -272,7 +272,6 @@ class DriverInsert:
             raw.rollback()
             raise
 
-
     def _insert_one(self, raw: Any, row: dict[str, Any]) -> dict[str, str] | None:
         """One statement is its own transaction (autocommit): on PostgreSQL one round trip
         instead of BEGIN, INSERT, COMMIT; on SQLite two fewer calls. It is committed when
