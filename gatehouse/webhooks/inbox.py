@@ -167,10 +167,6 @@ class DriverInsert:
             f"p_{column.name}": column.type.dialect_impl(dialect).bind_processor(dialect)
             for column in table.c
         }
-        self._held = threading.local()
-        self._all_held: list[Any] = []
-        self._lock = threading.Lock()
-        sa_event.listen(engine, "engine_disposed", self.release)
         self.defaults = {
             name: table.c[name].default.arg
             for name in self.columns
@@ -181,6 +177,11 @@ class DriverInsert:
             (name, f"p_{name}", self.defaults.get(name), self.processors[f"p_{name}"])
             for name in self.columns
         ]
+        # The connection each process and thread keeps (`_connection`).
+        self._held = threading.local()
+        self._all_held: list[Any] = []
+        self._lock = threading.Lock()
+        sa_event.listen(engine, "engine_disposed", self.release)
 
     def params(self, row: dict[str, Any]) -> Any:
         bound: dict[str, Any] = {}
@@ -228,11 +229,6 @@ class DriverInsert:
         for raw in held:
             if raw.dbapi_connection is not None:
                 raw.close()
-        # Per column: (name, bind name, default callable, bind processor), worked out once.
-        self.plan = [
-            (name, f"p_{name}", self.defaults.get(name), self.processors[f"p_{name}"])
-            for name in self.columns
-        ]
         self._held = threading.local()
 
     def _insert(self, rows: list[dict[str, Any]]) -> dict[str, str] | None:
