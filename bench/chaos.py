@@ -41,7 +41,6 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -72,6 +71,7 @@ from gatehouse.access.rules import (
     evaluate,
     parse_rules_text,
 )
+from gatehouse.devtools import StubKeapApi
 from gatehouse.extensions import db
 from gatehouse.models import Event, Member, Source, Subscription
 from gatehouse.webhooks.senders import SENDERS
@@ -811,7 +811,7 @@ def expected_access(
     return {"groups": list(access.groups), "permissions": list(access.permissions)}
 
 
-class FakeKeap:
+class FakeKeap(StubKeapApi):
     """Keap's REST API for `keap-rest-hook`: GET /contacts/<id> from the generator's truth.
 
     One answer in twenty is a 503, so the fetch's retry path runs during the chaos too.
@@ -822,44 +822,19 @@ class FakeKeap:
         self.rng = random.Random(seed_)
         self.requests = 0
         self.unavailable = 0
-        fake = self
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                fake.requests += 1
-                contact = self.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
-                if fake.rng.random() < 0.05:
-                    fake.unavailable += 1
-                    self._send(503, {"message": "Service Unavailable"})
-                elif self.headers.get("X-Keap-API-Key") != KEAP_TOKEN:
-                    self._send(401, {"message": "Invalid Access Token"})
-                elif contact not in fake.truth:
-                    self._send(404, {"message": f"Contact {contact} not found"})
-                else:
-                    self._send(200, keap_contact_json(contact, fake.truth[contact]))
-
-            def _send(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeKeap:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def _answer(self, path: str, api_key: str | None) -> tuple[int, dict[str, Any]]:
+        contact = self.contact_id(path)
+        self.requests += 1
+        if self.rng.random() < 0.05:
+            self.unavailable += 1
+            return 503, {"message": "Service Unavailable"}
+        if api_key != KEAP_TOKEN:
+            return 401, {"message": "Invalid Access Token"}
+        if contact not in self.truth:
+            return 404, {"message": f"Contact {contact} not found"}
+        return 200, keap_contact_json(contact, self.truth[contact])
 
 
 KEAP_TOKEN = "chaos-keap-token"
@@ -1065,7 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
         env = app_env(
             sqlite_url(stack),
             redis.url,
-            KEAP_API_BASE_URL=f"http://127.0.0.1:{keap_api.port}",
+            KEAP_API_BASE_URL=keap_api.url,
             KEAP_API_TOKEN=KEAP_TOKEN,
             # Short timings so recovery happens within the run, not the production defaults.
             GATEHOUSE_SWEEP_INTERVAL="2",

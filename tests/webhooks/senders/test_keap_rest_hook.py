@@ -8,15 +8,14 @@ there is no stale-timestamp or tampered-body case (the key does not cover the bo
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from gatehouse.devtools import StubKeapApi
 from gatehouse.webhooks.senders.keap_http_post import make_key
 from gatehouse.webhooks.senders.keap_rest_hook import hook_url_query
 from tests.helpers import create_source, post_standard, run_worker
@@ -35,54 +34,33 @@ CRM = "keap"
 TOKEN = "KeapAK-test-personal-access-token"
 
 
-class FakeKeapApi:
-    """A real HTTP server answering GET /contacts/<id> from a dict; records what it was sent."""
-
+class FakeKeapApi(StubKeapApi):
     def __init__(self) -> None:
         self.contacts: dict[str, dict[str, Any]] = {}
         self.broken: set[str] = set()
         self.requests: list[tuple[str, str | None]] = []
-        api = self
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                api.requests.append((self.path, self.headers.get("X-Keap-API-Key")))
-                contact_id = self.path.split("?")[0].rsplit("/", 1)[-1]
-                if contact_id in api.broken:
-                    self._answer(500, {"message": "Internal Server Error"})
-                elif contact_id in api.contacts:
-                    self._answer(200, api.contacts[contact_id])
-                else:
-                    self._answer(404, {"message": f"Contact {contact_id} not found"})
-
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def _answer(self, path: str, api_key: str | None) -> tuple[int, dict[str, Any]]:
+        self.requests.append((path, api_key))
+        contact_id = self.contact_id(path)
+        if contact_id in self.broken:
+            return 500, {"message": "Internal Server Error"}
+        if contact_id in self.contacts:
+            return 200, self.contacts[contact_id]
+        return 404, {"message": f"Contact {contact_id} not found"}
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/crm/rest/v1"
+        return f"{self.url}/crm/rest/v1"
 
 
 @pytest.fixture
 def keap_api(app: Flask) -> Iterator[FakeKeapApi]:
-    api = FakeKeapApi()
-    api.thread.start()
-    app.config["KEAP_API_BASE_URL"] = api.base_url
-    app.config["KEAP_API_TOKEN"] = TOKEN
-    yield api
-    api.server.shutdown()
-    api.server.server_close()
+    with FakeKeapApi() as api:
+        app.config["KEAP_API_BASE_URL"] = api.base_url
+        app.config["KEAP_API_TOKEN"] = TOKEN
+        yield api
 
 
 @pytest.fixture
