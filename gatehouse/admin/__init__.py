@@ -17,6 +17,7 @@ from typing import Any
 from flask import (
     Blueprint,
     abort,
+    current_app,
     flash,
     g,
     redirect,
@@ -28,7 +29,7 @@ from flask import (
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
-from gatehouse import audit
+from gatehouse import audit, passwords
 from gatehouse.access import cache
 from gatehouse.api.members import member_for_contact, member_json, parse_contact
 from gatehouse.crypto import hash_token
@@ -251,8 +252,23 @@ def _explain_module() -> Any:
 
 @bp.get("/members")
 def members() -> str:
-    query = request.args.get("q", "").strip()
-    permission = request.args.get("permission", "").strip()
+    return _members_page(request.args.get("q", ""), request.args.get("permission", ""))
+
+
+@bp.post("/members/<member_id>/password-token")
+def member_password_token(member_id: str) -> str:
+    """Shown once on the page it answers (never put in the session cookie or a redirect)."""
+    token = passwords.token_for_member(current_app.config["SECRET_KEY"], member_id)
+    db.session.rollback()
+    if token is None:
+        abort(404, f"No member {member_id}.")
+    audit.note("member.password_token", member_id)
+    issued = {"member_id": member_id, "token": token}
+    return _members_page(request.form.get("q") or member_id, "", issued)
+
+
+def _members_page(query: str, permission: str, issued: dict[str, str] | None = None) -> str:
+    query, permission = query.strip(), permission.strip()
     found: list[Member] = []
     error = None
     if query:
@@ -294,6 +310,7 @@ def members() -> str:
         error=error,
         can_explain=explain is not None,
         pretty=_pretty,
+        issued=issued,
     )
     db.session.rollback()
     return page_body

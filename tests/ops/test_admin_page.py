@@ -168,3 +168,32 @@ def json_of(body: bytes | None) -> dict[str, object]:
 
     assert body is not None
     return dict(json.loads(body))
+
+
+def test_hand_out_a_set_password_token_from_the_page(app: Flask, client: FlaskClient) -> None:
+    import re
+
+    from gatehouse.models import Member
+    from gatehouse.passwords import read_set_password_token
+
+    setup_member(app, client)
+    login(client, create_token("admin", "ops"))
+    member = db.session.query(Member).one()
+    r = client.post(
+        f"/admin/members/{member.id}/password-token",
+        data={"q": "keap:2729", "csrf_token": csrf(client)},
+    )
+    assert r.status_code == 200
+    found = re.search(r'<pre id="password-token">([^<]+)</pre>', r.get_data(as_text=True))
+    assert found is not None
+    token = found.group(1)
+    assert read_set_password_token(app.config["SECRET_KEY"], token) == (
+        member.id,
+        member.password_nonce,
+    )
+    with client.session_transaction() as s:
+        assert token not in str(dict(s))  # shown on the page only, never in the cookie
+    again = client.get("/admin/members?q=keap:2729").get_data(as_text=True)
+    assert token not in again  # shown once
+    entries = db.session.query(AuditEntry).filter_by(action="member.password_token").all()
+    assert [(e.token_name, e.target) for e in entries] == [("ops", member.id)]
