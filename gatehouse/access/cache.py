@@ -115,6 +115,7 @@ def forget_local(member_ids: Sequence[str], app: Flask | None = None) -> None:
 
 INVALIDATIONS = "__redis__:invalidate"
 MAX_LOCAL_ANSWERS = 50_000  # about 15 MB of answers per process at most
+MAX_NOTICES_PER_READ = 1_000  # about 3 ms; more pending and every copy is dropped instead
 
 
 def _as_is(message: Any) -> Any:
@@ -183,8 +184,18 @@ class TrackedReader:
             self._connect(state)
         data, invalidations = state.data, state.invalidations
         assert data is not None and invalidations is not None
+        applied = 0
         while invalidations.can_read(timeout=0):
+            if applied == MAX_NOTICES_PER_READ:
+                # A bulk rewrite (a rules change rewrites every member): forgetting every
+                # copy on new connections is cheaper than reading each notice (50,000 took
+                # 127 ms), and the pending ones go with the old connection.
+                self._connect(state)
+                data, invalidations = state.data, state.invalidations
+                assert data is not None and invalidations is not None
+                break
             self._apply(state, invalidations.read_response(push_request=True))
+            applied += 1
         if data.can_read(timeout=0):
             # Nothing is ever due on it between reads, so it was closed (idle timeout, CLIENT
             # KILL): Redis stopped tracking what it read, and no notice will come for that.

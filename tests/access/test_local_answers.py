@@ -152,3 +152,25 @@ def test_losing_the_tracked_connection_forgets_every_copy(app: Flask) -> None:
     client.hset(cache.KEY.format("m1"), "body", b"new")  # no longer tracked: no notice
 
     assert cache.read("m1") == b"new"
+
+
+def test_a_bulk_rewrite_drops_every_copy_instead_of_reading_each_notice(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache, "MAX_NOTICES_PER_READ", 3)
+    client = redis_client.get(app)
+    for i in range(5):
+        client.hset(cache.KEY.format(f"m{i}"), "body", "old")
+        assert cache.read(f"m{i}") == b"old"
+    before = reader(app).state.invalidations
+    with client.pipeline(transaction=False) as pipe:  # as a rules change rewrites everyone
+        for i in range(5):
+            pipe.hset(cache.KEY.format(f"m{i}"), "body", "new")
+        pipe.execute()
+    time.sleep(0.05)  # every notice has arrived
+
+    assert cache.read("m4") == b"new"
+    state = reader(app).state
+    assert state.invalidations is not before  # reconnected rather than read 5 notices
+    assert list(state.answers) == [cache.KEY.format("m4").encode()]
+    assert [cache.read(f"m{i}") for i in range(5)] == [b"new"] * 5
