@@ -22,6 +22,12 @@ CODES = {
 }
 
 
+def json_error(status: int, code: str, detail: str) -> tuple[Response, int]:
+    """The answer a view gives for a refusal it names itself: the same shape as the
+    handlers below (`{"error": code, "detail": detail}`)."""
+    return jsonify({"error": code, "detail": detail}), status
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Response, int]:

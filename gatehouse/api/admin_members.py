@@ -16,6 +16,7 @@ from flask import Blueprint, current_app, jsonify, request
 from gatehouse import audit, passwords
 from gatehouse.access.explain import explain
 from gatehouse.api.auth import require
+from gatehouse.errors import json_error
 from gatehouse.extensions import db
 from gatehouse.identity import admin
 from gatehouse.identity.admin import ActionResult, AdminError
@@ -23,18 +24,12 @@ from gatehouse.identity.admin import ActionResult, AdminError
 bp = Blueprint("api_admin_members", __name__, url_prefix="/api")
 
 
-def _error(status: int, code: str, detail: str) -> Any:
-    response = jsonify({"error": code, "detail": detail})
-    response.status_code = status
-    return response
-
-
 def _run(member_id: str, action: str, call: Any) -> Any:
     try:
         result: ActionResult = call()
     except AdminError as exc:
         db.session.rollback()
-        return _error(404 if exc.code == "not_found" else 409, exc.code, exc.detail)
+        return json_error(404 if exc.code == "not_found" else 409, exc.code, exc.detail)
     audit.note(action, member_id, changed=result.changed)
     return jsonify(asdict(result))
 
@@ -63,7 +58,7 @@ def all_access(member_id: str) -> Any:
     body = request.get_json(silent=True)
     enabled = body.get("enabled") if isinstance(body, dict) else None
     if not isinstance(enabled, bool):
-        return _error(
+        return json_error(
             400, "bad_request", 'send a JSON body {"enabled": true} or {"enabled": false}'
         )
     action = "member.all_access_on" if enabled else "member.all_access_off"
@@ -76,7 +71,7 @@ def password_token(member_id: str) -> Any:
     token = passwords.token_for_member(current_app.config["SECRET_KEY"], member_id)
     db.session.rollback()
     if token is None:
-        return _error(404, "not_found", f"no member {member_id!r}")
+        return json_error(404, "not_found", f"no member {member_id!r}")
     audit.note("member.password_token", member_id)
     return jsonify(
         {"member_id": member_id, "token": token, "expires_in": passwords.SET_PASSWORD_MAX_AGE}
@@ -88,11 +83,11 @@ def password_token(member_id: str) -> Any:
 def explain_access(member_id: str) -> Any:
     permission = (request.args.get("permission") or "").strip()
     if not permission:
-        return _error(400, "bad_request", "name the permission: ?permission=course:gold")
+        return json_error(400, "bad_request", "name the permission: ?permission=course:gold")
     if len(permission) > 128:
-        return _error(400, "bad_request", "a permission is at most 128 characters")
+        return json_error(400, "bad_request", "a permission is at most 128 characters")
     answer = explain(member_id, permission)
     db.session.rollback()
     if answer is None:
-        return _error(404, "not_found", f"no member {member_id!r}")
+        return json_error(404, "not_found", f"no member {member_id!r}")
     return jsonify(answer)

@@ -8,6 +8,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from gatehouse import audit
 from gatehouse.api.auth import require
+from gatehouse.errors import json_error
 from gatehouse.event_query import (
     EventFilter,
     FilterError,
@@ -22,10 +23,6 @@ from gatehouse.models import Event, Replay
 from gatehouse.queue.replay import ReplayUnavailable, preview, replay_one, start_bulk
 
 bp = Blueprint("api_events", __name__, url_prefix="/api")
-
-
-def _error(status: int, code: str, detail: str) -> tuple[Response, int]:
-    return jsonify({"error": code, "detail": detail}), status
 
 
 def _unavailable() -> tuple[Response, int, dict[str, str]]:
@@ -66,7 +63,7 @@ def list_events() -> Any:
         limit = parse_limit(request.args.get("limit"))
         rows, next_cursor = page(filters, limit, request.args.get("cursor") or None)
     except FilterError as exc:
-        return _error(400, "bad_request", str(exc))
+        return json_error(400, "bad_request", str(exc))
     names = slugs()
     body = {"events": [event_json(e, names) for e in rows], "next_cursor": next_cursor}
     db.session.rollback()
@@ -78,7 +75,7 @@ def list_events() -> Any:
 def show_event(event_id: str) -> Any:
     event = db.session.get(Event, event_id)
     if event is None:
-        return _error(404, "not_found", f"no event {event_id}")
+        return json_error(404, "not_found", f"no event {event_id}")
     body = event_detail(event, slugs())
     db.session.rollback()
     return jsonify(body)
@@ -89,12 +86,14 @@ def show_event(event_id: str) -> Any:
 def replay_event(event_id: str) -> Any:
     body = _json_body()
     if body is None:
-        return _error(400, "bad_request", 'send a JSON object, e.g. {"dry_run": true}, or nothing')
+        return json_error(
+            400, "bad_request", 'send a JSON object, e.g. {"dry_run": true}, or nothing'
+        )
     dry_run = bool(body.get("dry_run"))
     audit.note("event.replay.preview" if dry_run else "event.replay", event_id)
     event = db.session.get(Event, event_id)
     if event is None:
-        return _error(404, "not_found", f"no event {event_id}")
+        return json_error(404, "not_found", f"no event {event_id}")
     if dry_run:
         return jsonify(preview(event_ids=[event_id]))
     if not replay_one(event):
@@ -109,11 +108,11 @@ def replay_event(event_id: str) -> Any:
 def replay_events() -> Any:
     body = _json_body()
     if body is None:
-        return _error(400, "bad_request", 'send a JSON object of filters: {"status": "failed"}')
+        return json_error(400, "bad_request", 'send a JSON object of filters: {"status": "failed"}')
     try:
         filters = EventFilter.parse(body)
     except FilterError as exc:
-        return _error(400, "bad_request", str(exc))
+        return json_error(400, "bad_request", str(exc))
     dry_run = bool(body.get("dry_run"))
     audit.note(
         "events.replay.preview" if dry_run else "events.replay", None, filters=filters.as_dict()
@@ -135,7 +134,7 @@ def replay_events() -> Any:
 def show_replay(replay_id: str) -> Any:
     replay = db.session.get(Replay, replay_id)
     if replay is None:
-        return _error(404, "not_found", f"no replay {replay_id}")
+        return json_error(404, "not_found", f"no replay {replay_id}")
     body = replay_json(replay)
     db.session.rollback()
     return jsonify(body)
@@ -151,7 +150,7 @@ def audit_log() -> Any:
         if before is not None and not 0 < before < 2**31:
             raise ValueError(before)
     except (FilterError, ValueError):
-        return _error(400, "bad_request", "limit is 1-500 and before an entry id")
+        return json_error(400, "bad_request", "limit is 1-500 and before an entry id")
     rows = audit.entries(limit, before)
     body = {
         "entries": [audit.entry_json(e) for e in rows],

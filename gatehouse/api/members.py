@@ -12,6 +12,7 @@ from sqlalchemy.orm import selectinload
 from gatehouse import passwords
 from gatehouse.access import cache
 from gatehouse.api.auth import require
+from gatehouse.errors import json_error
 from gatehouse.extensions import db
 from gatehouse.handlers.tags import present_tags
 from gatehouse.models import Contact, Member, Subscription
@@ -25,7 +26,7 @@ def not_found() -> tuple[Response, int]:
 
 
 def bad_request(detail: str) -> tuple[Response, int]:
-    return jsonify({"error": "bad_request", "detail": detail}), 400
+    return json_error(400, "bad_request", detail)
 
 
 def parse_contact(raw: str | None) -> tuple[str, str] | None:
@@ -99,16 +100,10 @@ def set_password() -> Any:
         )
     except passwords.PasswordError as exc:
         db.session.rollback()
-        return _json_error(409 if exc.code == "token_used" else 400, exc.code, exc.detail)
+        return json_error(409 if exc.code == "token_used" else 400, exc.code, exc.detail)
     db.session.commit()
     log.info("member.password_set", extra={"member": member_id})
     return jsonify({"member_id": member_id, "status": "password_set"})
-
-
-def _json_error(status: int, code: str, detail: str) -> Any:
-    response = jsonify({"error": code, "detail": detail})
-    response.status_code = status
-    return response
 
 
 @bp.get("/members")
