@@ -15,6 +15,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from gatehouse.models import STATUSES
+from gatehouse.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from gatehouse.schemas import api
 from gatehouse.schemas.events import CanonicalEventSchema
 
@@ -272,9 +273,10 @@ def _paths() -> dict[str, dict[str, Any]]:
                 "responses": {
                     "200": _json("PasswordSet", "the password is set"),
                     "400": _error(
-                        "not a JSON body {token, password} (`bad_request`), a password not 8 "
-                        "to 1024 characters (`bad_password`), or a token that is not genuine "
-                        "or expired (`invalid_token`)"
+                        "not a JSON body {token, password} (`bad_request`), a password not "
+                        f"{MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters "
+                        "(`bad_password`), or a token that is not genuine or expired "
+                        "(`invalid_token`)"
                     ),
                     "409": _error("the token was spent already (`token_used`)"),
                     **AUTH_ERRORS,

@@ -82,6 +82,8 @@ def set_password_with_token(secret_key: str, token: str, password: str) -> str:
             "invalid_token", "the token is not genuine or has expired; ask for a new one"
         )
     member_id, nonce = read
+    # Hashed before the row is locked: a chosen password's hash takes tens of milliseconds.
+    password_hash = _CHOSEN.hash(password)
     member = db.session.execute(
         select(Member).where(Member.id == member_id).with_for_update()
     ).scalar_one_or_none()
@@ -91,6 +93,6 @@ def set_password_with_token(secret_key: str, token: str, password: str) -> str:
         raise PasswordError(
             "token_used", "the token was spent (the password was set since); ask for a new one"
         )
-    member.password_hash = _CHOSEN.hash(password)
+    member.password_hash = password_hash
     member.password_nonce = nonce + 1
     return member.id

@@ -10,6 +10,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from gatehouse.models import STATUSES
+from gatehouse.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
 
 class ErrorSchema(Schema):
@@ -96,7 +97,9 @@ class PasswordTokenSchema(Schema):
 class SetPasswordRequestSchema(Schema):
     token = fields.String(required=True, metadata={"description": "a set-password token"})
     password = fields.String(
-        required=True, validate=validate.Length(min=8, max=1024), metadata={"writeOnly": True}
+        required=True,
+        validate=validate.Length(min=MIN_PASSWORD_LENGTH, max=MAX_PASSWORD_LENGTH),
+        metadata={"writeOnly": True},
     )
 
 
