@@ -151,6 +151,7 @@ class DriverInsert:
     """
 
     def __init__(self, engine: Engine) -> None:
+        self.engine = engine  # not `db.engine`: a lookup through the app, per request
         dialect = engine.dialect
         self.dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
         table: Any = Event.__table__
@@ -201,7 +202,7 @@ class DriverInsert:
     def try_insert(self, rows: list[dict[str, Any]]) -> dict[str, str] | None:
         """Insert and commit; returns {external id: event id}, or None (nothing written)
         when some row was already stored: the caller then takes the general path."""
-        with write_turn(db.engine, "ingest"):
+        with write_turn(self.engine, "ingest"):
             return self._insert(rows)
 
     def _connection(self) -> Any:
@@ -210,7 +211,7 @@ class DriverInsert:
         held = getattr(self._held, "connection", None)
         if held is not None and self._held.pid == os.getpid():
             return held
-        self._held.connection = held = db.engine.raw_connection()
+        self._held.connection = held = self.engine.raw_connection()
         self._held.pid = os.getpid()
         with self._lock:
             self._all_held.append(held)
@@ -252,7 +253,7 @@ class DriverInsert:
         except self.dbapi_error as exc:
             # As SQLAlchemy would handle it: callers see SQLAlchemyError (503), and a
             # connection the database dropped is invalidated, not put back in the pool.
-            dropped = db.engine.dialect.is_disconnect(exc, raw.dbapi_connection, None)  # type: ignore[arg-type]
+            dropped = self.engine.dialect.is_disconnect(exc, raw.dbapi_connection, None)  # type: ignore[arg-type]
             if not dropped:
                 try:
                     raw.rollback()
