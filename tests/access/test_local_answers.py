@@ -58,6 +58,7 @@ def test_a_repeated_read_is_answered_from_memory(app: Flask) -> None:
 
 def test_a_miss_is_not_kept(app: Flask) -> None:
     assert cache.read("m1") is None
+    assert reader(app).state.answers == {}
     redis_client.get(app).hset(cache.KEY.format("m1"), "body", b"one")
     assert cache.read("m1") == b"one"
 

@@ -177,3 +177,25 @@ def test_one_event_is_its_own_transaction_and_several_stay_all_or_nothing(app: F
     assert len(batch.new_ids) == 2 and batch.duplicates == 1
     deliveries = dict(db.session.execute(select(Event.external_id, Event.deliveries)).all())
     assert deliveries == {"alone": 2, "new-1": 1, "new-2": 1}
+
+
+def test_on_sqlite_one_event_is_one_statement_and_several_one_transaction(app: Flask) -> None:
+    """What the autocommitted single insert saves is BEGIN and COMMIT: checked on the
+    statements SQLite itself runs."""
+    if not _sqlite():
+        pytest.skip("SQLite's trace callback; PostgreSQL is covered by the test above")
+    info = source_info()
+    store_and_commit(info, [event("warm")], {})  # the held connection exists now
+    held = inbox._DRIVER_INSERTS[db.engine]._held.connection.dbapi_connection
+    ran: list[str] = []
+    held.set_trace_callback(lambda sql: ran.append(sql.split()[0].upper()))
+    try:
+        store_and_commit(info, [event("one")], {})
+        single = list(ran)
+        ran.clear()
+        store_and_commit(info, [event("two-a"), event("two-b")], {})
+        several = list(ran)
+    finally:
+        held.set_trace_callback(None)
+    assert single == ["INSERT"]
+    assert several == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
