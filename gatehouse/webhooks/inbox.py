@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, insert, update
-from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 
+from gatehouse.driver import HeldConnection
 from gatehouse.extensions import db, write_turn
 from gatehouse.models import Event, new_id
 from gatehouse.webhooks.senders.base import CanonicalEvent, SourceInfo
@@ -153,7 +150,6 @@ class DriverInsert:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine  # not `db.engine`: a lookup through the app, per request
         dialect = engine.dialect
-        self.dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
         table: Any = Event.__table__
         self.dialect = dialect.name
         self.columns = [column.name for column in table.c]
@@ -178,11 +174,7 @@ class DriverInsert:
             (name, f"p_{name}", self.defaults.get(name), self.processors[f"p_{name}"])
             for name in self.columns
         ]
-        # The connection each process and thread keeps (`_connection`).
-        self._held = threading.local()
-        self._all_held: list[Any] = []
-        self._lock = threading.Lock()
-        sa_event.listen(engine, "engine_disposed", self.release)
+        self.held = HeldConnection(engine)
 
     def params(self, row: dict[str, Any]) -> Any:
         bound: dict[str, Any] = {}
@@ -202,78 +194,39 @@ class DriverInsert:
     def try_insert(self, rows: list[dict[str, Any]]) -> dict[str, str] | None:
         """Insert and commit; returns {external id: event id}, or None (nothing written)
         when some row was already stored: the caller then takes the general path."""
+        # Bound before the turn: the other web workers wait for as little as possible.
+        params = [self.params(row) for row in rows]
         with write_turn(self.engine, "ingest"):
-            return self._insert(rows)
+            return self._insert(params)
 
-    def _connection(self) -> Any:
-        """This process's and thread's connection, kept checked out between requests: a
-        pool checkout and check-in (with its reset) cost a tenth of an accepted request."""
-        held = getattr(self._held, "connection", None)
-        if held is not None and self._held.pid == os.getpid():
-            return held
-        self._held.connection = held = self.engine.raw_connection()
-        self._held.pid = os.getpid()
-        with self._lock:
-            self._all_held.append(held)
-        return held
-
-    def _drop(self, raw: Any) -> None:
-        self._held.connection = None
-        with self._lock:
-            if raw in self._all_held:
-                self._all_held.remove(raw)
-
-    def release(self, *_: Any) -> None:
-        """Give every held connection back (the engine is being disposed)."""
-        with self._lock:
-            held, self._all_held = self._all_held, []
-        for raw in held:
-            if raw.dbapi_connection is not None:
-                raw.close()
-        self._held = threading.local()
-
-    def _insert(self, rows: list[dict[str, Any]]) -> dict[str, str] | None:
-        raw: Any = self._connection()
+    def _insert(self, params: list[Any]) -> dict[str, str] | None:
+        raw: Any = self.held.get()
         try:
-            if len(rows) == 1:
-                return self._insert_one(raw, rows[0])
+            if len(params) == 1:
+                return self._insert_one(raw, params[0])
             cursor = raw.cursor()
             if self.dialect == "sqlite":
                 cursor.execute("BEGIN IMMEDIATE")
             inserted: dict[str, str] = {}
-            for row in rows:
-                cursor.execute(self.sql, self.params(row))
+            for bound in params:
+                cursor.execute(self.sql, bound)
                 for event_id, external_id in cursor.fetchall():
                     inserted[external_id] = event_id
-            if len(inserted) != len(rows):
+            if len(inserted) != len(params):
                 raw.rollback()
                 return None
             raw.commit()
             return inserted
-        except self.dbapi_error as exc:
-            # As SQLAlchemy would handle it: callers see SQLAlchemyError (503), and a
-            # connection the database dropped is invalidated, not put back in the pool.
-            dropped = self.engine.dialect.is_disconnect(exc, raw.dbapi_connection, None)  # type: ignore[arg-type]
-            if not dropped:
-                try:
-                    raw.rollback()
-                except self.dbapi_error:
-                    dropped = True
-            if dropped:
-                self._drop(raw)
-                raw.invalidate(exc)
-            raise DBAPIError.instance(
-                self.sql, None, exc, self.dbapi_error, connection_invalidated=dropped
-            ) from exc
+        except self.held.dbapi_error as exc:
+            raise self.held.failed(raw, exc, self.sql) from exc
         except BaseException:
             raw.rollback()
             raise
 
-    def _insert_one(self, raw: Any, row: dict[str, Any]) -> dict[str, str] | None:
+    def _insert_one(self, raw: Any, params: Any) -> dict[str, str] | None:
         """One statement is its own transaction (autocommit): on PostgreSQL one round trip
         instead of BEGIN, INSERT, COMMIT; on SQLite two fewer calls. It is committed when
         its result has been read, before the caller answers."""
-        params = self.params(row)
         if self.dialect == "sqlite":  # the connection is in autocommit mode already
             found = raw.cursor().execute(self.sql, params).fetchall()
         else:

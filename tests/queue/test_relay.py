@@ -17,7 +17,13 @@ from sqlalchemy import select, text, update
 from gatehouse.extensions import WAL_AUTOCHECKPOINT_PAGES, db
 from gatehouse.models import Event
 from gatehouse.queue import get_queue
-from gatehouse.queue.relay import RelayThread, _pending, checkpoint, relay_all, relay_pending
+from gatehouse.queue.relay import (
+    RelayThread,
+    checkpoint,
+    driver_claim,
+    relay_all,
+    relay_pending,
+)
 from gatehouse.queue.sweep import sweep
 from tests.helpers import create_source, post_standard, run_worker
 
@@ -189,6 +195,6 @@ def test_a_relay_poll_does_not_wait_for_the_sqlite_write_lock(
     with db.engine.connect() as writer:
         writer.exec_driver_sql("SELECT 1")  # its transaction began IMMEDIATE: the lock
         started = time.monotonic()
-        assert _pending(10) == [event_id]
+        assert driver_claim().pending(10) == [event_id]
         assert time.monotonic() - started < 1.0  # the busy timeout is 30 s
         writer.rollback()

@@ -130,9 +130,9 @@ def test_the_driver_connection_is_kept_between_inserts(app: Flask) -> None:
     info = source_info()
     store_and_commit(info, [event("one")], {})
     driver = inbox._DRIVER_INSERTS[db.engine]
-    held = driver._held.connection
+    held = driver.held.current
     store_and_commit(info, [event("two")], {})
-    assert driver._held.connection is held  # no pool checkout per request
+    assert driver.held.current is held  # no pool checkout per request
     assert held.dbapi_connection is not None
 
 
@@ -140,15 +140,15 @@ def test_a_broken_driver_connection_is_replaced(app: Flask) -> None:
     info = source_info()
     store_and_commit(info, [event("before")], {})
     driver = inbox._DRIVER_INSERTS[db.engine]
-    broken = driver._held.connection
+    broken = driver.held.current
     broken.dbapi_connection.close()  # as a database restart would leave it
 
     with pytest.raises(DBAPIError):  # answered 503 by the view; the sender retries
         store_and_commit(info, [event("during")], {})
-    assert driver._held.connection is None
+    assert driver.held.current is None
     after = store_and_commit(info, [event("after")], {})
     assert after.new_ids
-    assert driver._held.connection is not broken
+    assert driver.held.current is not broken
     stored = set(db.session.execute(select(Event.external_id)).scalars())
     assert stored == {"before", "after"}
 
@@ -157,10 +157,10 @@ def test_disposing_the_engine_gives_the_held_connections_back(app: Flask) -> Non
     info = source_info()
     store_and_commit(info, [event("one")], {})
     driver = inbox._DRIVER_INSERTS[db.engine]
-    held = driver._held.connection
+    held = driver.held.current
     db.engine.dispose()
     assert held.dbapi_connection is None  # closed, not leaked (PostgreSQL counts them)
-    assert driver._all_held == []
+    assert driver.held.all_held == []
     assert store_and_commit(info, [event("two")], {}).new_ids
 
 
@@ -168,7 +168,7 @@ def test_one_event_is_its_own_transaction_and_several_stay_all_or_nothing(app: F
     info = source_info()
     assert store_and_commit(info, [event("alone")], {}).new_ids  # autocommit, one statement
     driver = inbox._DRIVER_INSERTS[db.engine]
-    held = driver._held.connection.dbapi_connection
+    held = driver.held.current.dbapi_connection
     if not _sqlite():
         assert held.autocommit is False  # left as SQLAlchemy expects it
     # Several events with one already stored: the driver path writes none of them (its
@@ -186,7 +186,7 @@ def test_on_sqlite_one_event_is_one_statement_and_several_one_transaction(app: F
         pytest.skip("SQLite's trace callback; PostgreSQL is covered by the test above")
     info = source_info()
     store_and_commit(info, [event("warm")], {})  # the held connection exists now
-    held = inbox._DRIVER_INSERTS[db.engine]._held.connection.dbapi_connection
+    held = inbox._DRIVER_INSERTS[db.engine].held.current.dbapi_connection
     ran: list[str] = []
     held.set_trace_callback(lambda sql: ran.append(sql.split()[0].upper()))
     try:

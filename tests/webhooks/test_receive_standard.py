@@ -597,7 +597,7 @@ def test_a_dropped_database_connection_costs_the_sender_nothing(
 
     assert post_standard(client, SLUG, secret, tags_set(), "msg_before").status_code == 202
     driver = inbox._DRIVER_INSERTS[db.engine]
-    driver._held.connection.dbapi_connection.close()
+    driver.held.current.dbapi_connection.close()
 
     r = post_standard(client, SLUG, secret, tags_set(), "msg_after")
     assert r.status_code == 202, r.json

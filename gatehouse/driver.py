@@ -1,0 +1,82 @@
+"""Driver connections kept between calls, for the two statements run thousands of times a
+second: the webhook insert (`gatehouse.webhooks.inbox.DriverInsert`) and the relay's
+claim (`gatehouse.queue.relay.DriverClaim`).
+
+Through SQLAlchemy's pool and `Connection` each of those paid a checkout, a reset on
+check-in, an execution context and a result object: more than the statement itself. Here
+each process and thread keeps one driver connection checked out of the engine's pool, and
+errors are turned into what SQLAlchemy would have raised, with the same handling of a
+connection the database dropped (it is invalidated and replaced, never reused).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, StatementError
+
+
+class HeldConnection:
+    """One pooled driver connection per process and thread, kept checked out."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+        sa_event.listen(engine, "engine_disposed", self.release)
+
+    @property
+    def current(self) -> Any:
+        """This thread's connection, or None if it has none (yet, or since it broke)."""
+        return getattr(self._local, "connection", None)
+
+    @property
+    def all_held(self) -> list[Any]:
+        with self._lock:
+            return list(self._all)
+
+    def get(self) -> Any:
+        held = self.current
+        if held is not None and self._local.pid == os.getpid():
+            return held
+        # A connection is not shared with a forked child: it makes its own.
+        self._local.connection = held = self.engine.raw_connection()
+        self._local.pid = os.getpid()
+        with self._lock:
+            self._all.append(held)
+        return held
+
+    def release(self, *_: Any) -> None:
+        """Give every held connection back (the engine is being disposed)."""
+        with self._lock:
+            held, self._all = self._all, []
+        for raw in held:
+            if raw.dbapi_connection is not None:
+                raw.close()
+        self._local = threading.local()
+
+    def failed(self, raw: Any, exc: Exception, statement: str) -> StatementError:
+        """Roll back after a driver error and return the SQLAlchemy error to raise (the
+        receive view answers it 503, the relay waits and tries again). A connection the
+        database dropped is invalidated and forgotten: the next call gets a new one."""
+        dropped = self.engine.dialect.is_disconnect(exc, raw.dbapi_connection, None)  # type: ignore[arg-type]
+        if not dropped:
+            try:
+                raw.rollback()
+            except self.dbapi_error:
+                dropped = True
+        if dropped:
+            self._local.connection = None
+            with self._lock:
+                if raw in self._all:
+                    self._all.remove(raw)
+            raw.invalidate(exc)
+        return DBAPIError.instance(
+            statement, None, exc, self.dbapi_error, connection_invalidated=dropped
+        )
