@@ -13,6 +13,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, text, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from gatehouse.extensions import WAL_AUTOCHECKPOINT_PAGES, db
 from gatehouse.models import Event
@@ -198,3 +199,41 @@ def test_a_relay_poll_does_not_wait_for_the_sqlite_write_lock(
         assert driver_claim().pending(10) == [event_id]
         assert time.monotonic() - started < 1.0  # the busy timeout is 30 s
         writer.rollback()
+
+
+def test_the_relay_polls_and_claims_in_one_statement_each_on_a_kept_connection(
+    app: Flask, client: FlaskClient
+) -> None:
+    """What makes a relay batch cheap: no pool checkout, no BEGIN/COMMIT around the claim.
+    Checked on the statements SQLite itself runs."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's trace callback; the claim's outcome is covered on both")
+    post_events(client, 1, slug="warm")
+    assert relay_pending(app) == 1  # the relay's connection exists now
+    held = driver_claim().held.current
+    ids = post_events(client, 3)
+    ran: list[str] = []
+    held.dbapi_connection.set_trace_callback(lambda sql: ran.append(sql.split()[0].upper()))
+    try:
+        assert relay_pending(app) == 3
+    finally:
+        held.dbapi_connection.set_trace_callback(None)
+    assert ran == ["SELECT", "UPDATE"]
+    assert driver_claim().held.current is held
+    assert set(statuses(ids).values()) == {"queued"}
+
+
+def test_a_relay_whose_database_connection_broke_takes_a_new_one(
+    app: Flask, client: FlaskClient
+) -> None:
+    post_events(client, 1, slug="warm")
+    assert relay_pending(app) == 1
+    broken = driver_claim().held.current
+    broken.dbapi_connection.close()  # as a database restart would leave it
+    ids = post_events(client, 2)
+    with pytest.raises(SQLAlchemyError):  # the relay thread logs it and waits a second
+        relay_pending(app)
+    assert set(statuses(ids).values()) == {"received"}
+    assert relay_pending(app) == 2
+    assert driver_claim().held.current is not broken
+    assert set(ids) <= set(get_queue(app).job_ids)
