@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import random
 import sys
@@ -82,7 +83,7 @@ def timed(app: Any, reqs: list[Req], expect: int, profile: bool) -> float:
     took = time.process_time() - start
     if prof:
         prof.disable()
-        pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
+        pstats.Stats(prof).sort_stats(os.environ.get("BENCH_SORT", "cumulative")).print_stats(45)
     return took / len(reqs) * 1000
 
 

@@ -65,10 +65,10 @@ class JobTemplate:
     result that differs between events only in the job id, the pickled arguments and two
     timestamps. So we let RQ enqueue a job for a stand-in id into a pipeline that is never
     sent, keep its commands, and per event replay them with the id, the arguments (pickled
-    the way RQ's serializer does it) and the times filled in. What lands in Redis is exactly
-    what RQ writes: tests/queue/test_lean_enqueue.py compares the two field by field and
-    checks that RQ's Job.fetch, the registries and a real worker read it, so an RQ upgrade
-    that changes the format fails there rather than in production.
+    the way RQ's serializer does it) and the times filled in, inside Redis (`_ENQUEUE_JOBS`).
+    What lands in Redis is exactly what RQ writes: tests/queue/test_lean_enqueue.py compares
+    the two field by field and checks that RQ's Job.fetch, the registries and a real worker
+    read it, so an RQ upgrade that changes the format fails there rather than in production.
     """
 
     def __init__(self, queue: Queue, job_data: Any) -> None:
@@ -84,89 +84,90 @@ class JobTemplate:
         self.serializer = job.serializer
         self.func_name = job.func_name
         self.kwargs = job.kwargs
-        self.plan: list[tuple[bool, list[tuple[int, Any]]]] | None = None
+        self.header: list[Any] | None = None
 
     def data(self, event_id: str) -> bytes:
         # What Job.data + Job.to_dict produce: the serialized call, zlib-compressed.
         raw = self.serializer.dumps((self.func_name, None, (event_id,), self.kwargs))
         return zlib.compress(raw)
 
-    def _plan(self) -> list[tuple[bool, list[tuple[int, Any]]]]:
-        """Each recorded command as (sent once per batch?, [(slot kind, value)]), worked out
-        once so that filling in an event is a list comprehension, not a parse."""
-        plan = []
+    def _header(self) -> list[Any]:
+        """The recorded commands as the script's header: per command whether it is sent once
+        per batch, its length, then per argument (kind, value, suffix). An argument holding
+        the stand-in id is sent split around it, and the script puts each event's id in."""
+        header: list[Any] = [len(self.commands_recorded)]
         for command in self.commands_recorded:
             name = command[0]
-            slots: list[tuple[int, Any]] = [(_CONST, name)]
-            field: Any = None
-            for i, arg in enumerate(command[1:]):
-                kind = _CONST
-                if name == "HSET" and i % 2 == 1:
-                    field = arg
-                elif name == "HSET" and i > 0 and field == "data":
-                    kind = _DATA
-                elif name == "HSET" and i > 0 and field in TIME_FIELDS:
-                    kind = _STAMP
-                if kind == _CONST and isinstance(arg, str) and TEMPLATE_ID in arg:
-                    kind = _ID
-                slots.append((kind, arg))
             # The queue's entry in rq:queues is added once per batch, as RQ does.
-            plan.append((name == "SADD", slots))
-        return plan
+            header += [1 if name == "SADD" else 0, len(command)]
+            field: Any = None
+            for i, arg in enumerate(command):
+                kind, value, suffix = _CONST, arg, ""
+                if name == "HSET" and i >= 2 and i % 2 == 0:
+                    field = arg
+                elif name == "HSET" and i >= 3 and field == "data":
+                    kind = _DATA
+                elif name == "HSET" and i >= 3 and field in TIME_FIELDS:
+                    kind = _STAMP
+                elif isinstance(arg, str) and TEMPLATE_ID in arg:
+                    kind = _ID
+                    value, _, suffix = arg.partition(TEMPLATE_ID)
+                header += [kind, value, suffix]
+        return header
 
-    def commands(self, event_ids: Sequence[str]) -> list[list[Any]]:
-        """RQ's commands for these events, in RQ's order."""
-        if self.plan is None:
-            self.plan = self._plan()
-        stamp = utcformat(now())
-        out: list[list[Any]] = []
-        first = True
+    def script_args(self, event_ids: Sequence[str]) -> list[Any]:
+        """`_ENQUEUE_JOBS`'s arguments for these events: the header once, then per event
+        its id and its serialized call. RQ's commands are put together inside Redis, so the
+        client sends two values per event instead of the forty of RQ's four commands."""
+        if self.header is None:
+            self.header = self._header()
+        args: list[Any] = [utcformat(now()), *self.header]
         for event_id in event_ids:
-            values = (None, self.data(event_id), stamp, event_id)
-            for once, slots in self.plan:
-                if once and not first:
-                    continue
-                out.append(
-                    [
-                        value
-                        if kind == _CONST
-                        else value.replace(TEMPLATE_ID, event_id)
-                        if kind == _ID
-                        else values[kind]
-                        for kind, value in slots
-                    ]
-                )
-            first = False
-        return out
+            args += [event_id, self.data(event_id)]
+        return args
 
 
 _CONST, _DATA, _STAMP, _ID = 0, 1, 2, 3
 
 
-# Runs a list of commands as one atomic unit: [n, command and its n-1 arguments, n, ...].
-# Like MULTI/EXEC (no other client sees a job without its queue entry), but one command and
-# one reply instead of 2 + 2 per command: on these machines a MULTI/EXEC pipeline of RQ's
-# four commands costs about 2.5x the CPU of a single command on the client side.
-_RUN_ALL = """
-local i = 1
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
+# Runs RQ's recorded commands for each event, as one atomic unit: like MULTI/EXEC (no other
+# client sees a job without its queue entry), but one command and one reply. ARGV: the
+# time, the header (`JobTemplate._header`), then id and data per event.
+_ENQUEUE_JOBS = """
+local stamp = ARGV[1]
+local commands = {}
+local pos = 3
+for c = 1, tonumber(ARGV[2]) do
+  local once, length = ARGV[pos] == "1", tonumber(ARGV[pos + 1])
+  pos = pos + 2
+  local slots = {}
+  for k = 1, length do
+    slots[k] = {tonumber(ARGV[pos]), ARGV[pos + 1], ARGV[pos + 2]}
+    pos = pos + 3
+  end
+  commands[c] = {once, slots}
+end
+local first = true
+while pos < #ARGV do
+  local id, data = ARGV[pos], ARGV[pos + 1]
+  pos = pos + 2
+  for _, command in ipairs(commands) do
+    if first or not command[1] then
+      local args = {}
+      for k, slot in ipairs(command[2]) do
+        local kind = slot[1]
+        if kind == 0 then args[k] = slot[2]
+        elseif kind == 1 then args[k] = data
+        elseif kind == 2 then args[k] = stamp
+        else args[k] = slot[2] .. id .. slot[3] end
+      end
+      redis.call(unpack(args))
+    end
+  end
+  first = false
 end
 return 1
 """
-
-
-def _run_all(app: Flask, client: redis.Redis, commands: list[list[Any]]) -> None:
-    script = app.extensions.get("gatehouse.run_all_script")
-    if script is None:
-        script = app.extensions["gatehouse.run_all_script"] = client.register_script(_RUN_ALL)
-    argv: list[Any] = []
-    for command in commands:
-        argv.append(len(command))
-        argv.extend(command)
-    script(keys=[], args=argv, client=client)
 
 
 def job_template(app: Flask | None = None) -> JobTemplate:
@@ -192,7 +193,13 @@ def enqueue_events(event_ids: Sequence[str], app: Flask | None = None) -> bool:
     app = app or current_app
     try:
         template = job_template(app)
-        _run_all(app, template.queue.connection, template.commands(event_ids))
+        client = template.queue.connection
+        script = app.extensions.get("gatehouse.enqueue_script")
+        if script is None:
+            script = app.extensions["gatehouse.enqueue_script"] = client.register_script(
+                _ENQUEUE_JOBS
+            )
+        script(keys=[], args=template.script_args(event_ids), client=client)
     except redis.RedisError as exc:
         log.warning("queue.enqueue_failed", extra={"events": len(event_ids), "error": str(exc)})
         return False
