@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
+from flask import current_app
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, StatementError
+
+from gatehouse.extensions import db
 
 
 class HeldConnection:
@@ -80,3 +84,21 @@ class HeldConnection:
         return DBAPIError.instance(
             statement, None, exc, self.dbapi_error, connection_invalidated=dropped
         )
+
+
+class _OnEngine(Protocol):
+    engine: Engine
+
+
+T = TypeVar("T", bound=_OnEngine)
+
+
+def for_engine(name: str, make: Callable[[Engine], T]) -> T:
+    """The app's one `make(engine)`, kept in `app.extensions`: it lives and dies with the
+    app and its engine (a module-level table keyed by engine kept every test app's)."""
+    extensions = current_app.extensions
+    found: T | None = extensions.get(name)
+    engine = db.engine
+    if found is None or found.engine is not engine:
+        found = extensions[name] = make(engine)
+    return found

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from typing import Any
 
 import redis
@@ -31,7 +30,7 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from gatehouse.driver import HeldConnection
+from gatehouse.driver import HeldConnection, for_engine
 from gatehouse.extensions import READ_ONLY, db, write_turn
 from gatehouse.models import Event, utcnow
 from gatehouse.queue.enqueue import enqueue_events
@@ -117,15 +116,10 @@ _SQLITE_CLAIM = (
     "UPDATE events SET status = ?, updated_at = ? "
     "WHERE id IN (ids) AND coalesce(status, '') = ? RETURNING id"
 )
-_CLAIMS: weakref.WeakKeyDictionary[Engine, DriverClaim] = weakref.WeakKeyDictionary()
 
 
 def driver_claim() -> DriverClaim:
-    engine = db.engine
-    found = _CLAIMS.get(engine)
-    if found is None:
-        found = _CLAIMS[engine] = DriverClaim(engine)
-    return found
+    return for_engine("gatehouse.driver_claim", DriverClaim)
 
 
 def relay_pending(app: Flask, limit: int = BATCH) -> int:
@@ -219,4 +213,3 @@ class RelayThread(threading.Thread):
         self.stopping.set()
         if self.is_alive():
             self.join(timeout)
-

@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from gatehouse.driver import HeldConnection
+from gatehouse.driver import HeldConnection, for_engine
 from gatehouse.extensions import db, write_turn
 from gatehouse.models import Event, new_id
 from gatehouse.webhooks.senders.base import CanonicalEvent, SourceInfo
@@ -244,15 +244,8 @@ class DriverInsert:
         return {external_id: event_id}
 
 
-def _driver_insert() -> DriverInsert:
-    engine = db.engine
-    found = _DRIVER_INSERTS.get(engine)
-    if found is None:
-        found = _DRIVER_INSERTS[engine] = DriverInsert(engine)
-    return found
-
-
-_DRIVER_INSERTS: dict[Any, DriverInsert] = {}
+def driver_insert() -> DriverInsert:
+    return for_engine("gatehouse.driver_insert", DriverInsert)
 
 
 def store_and_commit(
@@ -268,7 +261,7 @@ def store_and_commit(
         db.session.commit()
         return stored
     rows = _rows(source, events, headers)
-    inserted = _driver_insert().try_insert(rows)
+    inserted = driver_insert().try_insert(rows)
     if inserted is not None:
         return _stored(events, rows, inserted, {})
     # A redelivery: a Core transaction that inserts what is new and counts the rest.

@@ -62,7 +62,7 @@ def test_driver_insert_row_matches_the_sqlalchemy_insert(app: Flask) -> None:
     headers = {"content-type": "application/json", "webhook-id": "x"}
     assert not db.session().in_transaction()
     fast = store_and_commit(info, [event("fast")], headers)  # the driver path
-    assert db.engine in inbox._DRIVER_INSERTS  # it was taken
+    assert inbox.driver_insert().held.current is not None  # it was taken
     with db.engine.begin() as conn:
         general = store_events(info, [event("general")], headers, conn)
     assert fast.new_ids and general.new_ids
@@ -129,7 +129,7 @@ def test_on_sqlite_inserts_wait_their_turn_at_the_ingest_lock(app: Flask, tmp_pa
 def test_the_driver_connection_is_kept_between_inserts(app: Flask) -> None:
     info = source_info()
     store_and_commit(info, [event("one")], {})
-    driver = inbox._DRIVER_INSERTS[db.engine]
+    driver = inbox.driver_insert()
     held = driver.held.current
     store_and_commit(info, [event("two")], {})
     assert driver.held.current is held  # no pool checkout per request
@@ -139,7 +139,7 @@ def test_the_driver_connection_is_kept_between_inserts(app: Flask) -> None:
 def test_a_broken_driver_connection_is_replaced(app: Flask) -> None:
     info = source_info()
     store_and_commit(info, [event("before")], {})
-    driver = inbox._DRIVER_INSERTS[db.engine]
+    driver = inbox.driver_insert()
     broken = driver.held.current
     broken.dbapi_connection.close()  # as a database restart would leave it
 
@@ -156,7 +156,7 @@ def test_a_broken_driver_connection_is_replaced(app: Flask) -> None:
 def test_disposing_the_engine_gives_the_held_connections_back(app: Flask) -> None:
     info = source_info()
     store_and_commit(info, [event("one")], {})
-    driver = inbox._DRIVER_INSERTS[db.engine]
+    driver = inbox.driver_insert()
     held = driver.held.current
     db.engine.dispose()
     assert held.dbapi_connection is None  # closed, not leaked (PostgreSQL counts them)
@@ -167,7 +167,7 @@ def test_disposing_the_engine_gives_the_held_connections_back(app: Flask) -> Non
 def test_one_event_is_its_own_transaction_and_several_stay_all_or_nothing(app: Flask) -> None:
     info = source_info()
     assert store_and_commit(info, [event("alone")], {}).new_ids  # autocommit, one statement
-    driver = inbox._DRIVER_INSERTS[db.engine]
+    driver = inbox.driver_insert()
     held = driver.held.current.dbapi_connection
     if not _sqlite():
         assert held.autocommit is False  # left as SQLAlchemy expects it
@@ -186,7 +186,7 @@ def test_on_sqlite_one_event_is_one_statement_and_several_one_transaction(app: F
         pytest.skip("SQLite's trace callback; PostgreSQL is covered by the test above")
     info = source_info()
     store_and_commit(info, [event("warm")], {})  # the held connection exists now
-    held = inbox._DRIVER_INSERTS[db.engine].held.current.dbapi_connection
+    held = inbox.driver_insert().held.current.dbapi_connection
     ran: list[str] = []
     held.set_trace_callback(lambda sql: ran.append(sql.split()[0].upper()))
     try:

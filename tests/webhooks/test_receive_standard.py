@@ -596,7 +596,7 @@ def test_a_dropped_database_connection_costs_the_sender_nothing(
     from gatehouse.webhooks import inbox
 
     assert post_standard(client, SLUG, secret, tags_set(), "msg_before").status_code == 202
-    driver = inbox._DRIVER_INSERTS[db.engine]
+    driver = inbox.driver_insert()
     driver.held.current.dbapi_connection.close()
 
     r = post_standard(client, SLUG, secret, tags_set(), "msg_after")
