@@ -316,29 +316,20 @@ def _members_page(query: str, permission: str, issued: dict[str, str] | None = N
     return page_body
 
 
-MEMBER_ACTIONS: dict[str, Any] = {
-    "revoke": identity_admin.revoke,
-    "restore": identity_admin.restore,
-    "refresh": identity_admin.refresh,
-}
-
-
 @bp.post("/members/<member_id>/action")
 def member_action(member_id: str) -> Response:
     """The same admin actions as POST /api/members/<id>/revoke|restore|refresh."""
     action = request.form.get("action", "")
     back = redirect(url_for("admin.members", q=request.form.get("q") or member_id))
-    run = MEMBER_ACTIONS.get(action)
+    run = identity_admin.MEMBER_ACTIONS.get(action)
     if run is None:
-        flash(f"Unknown action {action!r}: revoke, restore or refresh.")
+        flash(f"Unknown action {action!r}: {', '.join(identity_admin.MEMBER_ACTIONS)}.")
         return back
     try:
-        result = run(member_id)
+        result = identity_admin.run_audited(f"member.{action}", member_id, lambda: run(member_id))
     except identity_admin.AdminError as exc:
-        db.session.rollback()
         flash(exc.detail)
         return back
-    audit.note(f"member.{action}", member_id, changed=result.changed)
     flash(
         f"{action.capitalize()}: done, member is {result.status}."
         if result.changed or action == "refresh"

@@ -8,6 +8,7 @@ GET  /api/members/<id>/access/explain?permission=P        (reader)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -24,13 +25,11 @@ from gatehouse.identity.admin import ActionResult, AdminError
 bp = Blueprint("api_admin_members", __name__, url_prefix="/api")
 
 
-def _run(member_id: str, action: str, call: Any) -> Any:
+def _run(member_id: str, action: str, call: Callable[[], ActionResult]) -> Any:
     try:
-        result: ActionResult = call()
+        result = admin.run_audited(action, member_id, call)
     except AdminError as exc:
-        db.session.rollback()
         return json_error(404 if exc.code == "not_found" else 409, exc.code, exc.detail)
-    audit.note(action, member_id, changed=result.changed)
     return jsonify(asdict(result))
 
 

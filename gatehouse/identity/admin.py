@@ -14,11 +14,12 @@ revoke that happens after the restore does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from gatehouse import audit
 from gatehouse.access import cache
 from gatehouse.extensions import db
 from gatehouse.models import Member, utcnow
@@ -142,4 +143,24 @@ def refresh(member_id: str) -> ActionResult:
     result = _result(member, "refresh", False)
     db.session.rollback()
     cache.refresh([member_id])
+    return result
+
+
+# The actions an admin runs by name (the admin page's buttons), with the member id alone.
+MEMBER_ACTIONS: dict[str, Callable[[str], ActionResult]] = {
+    "revoke": revoke,
+    "restore": restore,
+    "refresh": refresh,
+}
+
+
+def run_audited(action: str, member_id: str, call: Callable[[], ActionResult]) -> ActionResult:
+    """Run an admin action for the current request (API or admin page): rolled back and
+    re-raised on AdminError, else named for the request's audit entry."""
+    try:
+        result = call()
+    except AdminError:
+        db.session.rollback()
+        raise
+    audit.note(action, member_id, changed=result.changed)
     return result
