@@ -152,15 +152,24 @@ def relay_all(app: Flask) -> int:
 
 
 def checkpoint(app: Flask) -> None:
-    """On SQLite, copy the WAL into the database file (PASSIVE: waits for no one).
+    """On SQLite, copy all of the WAL into the database file, so that the next write starts
+    the log over. On PostgreSQL there is nothing to do.
 
-    Web connections leave this to the relay (extensions.WAL_AUTOCHECKPOINT_PAGES), so a
-    request never pays for it; on PostgreSQL there is nothing to do."""
+    Web connections leave this to the relay (extensions.WAL_AUTOCHECKPOINT_PAGES), so that a
+    request never pays for it. The log only starts over once a checkpoint has copied all of
+    it, and under a steady stream of inserts one never did: the web workers kept appending
+    while it copied. The log then grew to the automatic limit (80 MB in 1.5 s of a burst)
+    and the web requests' own commits ran checkpoints, with their fsyncs. So the bulk is
+    copied first while the web workers go on, then what they appended meanwhile (a few
+    frames, a millisecond or two) in their write turn, where nothing can be appended.
+    """
     with app.app_context():
         if db.engine.dialect.name != "sqlite":
             return
         with db.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            with write_turn(db.engine, "ingest"):
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 class RelayThread(threading.Thread):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -237,3 +240,54 @@ def test_a_relay_whose_database_connection_broke_takes_a_new_one(
     assert relay_pending(app) == 2
     assert driver_claim().held.current is not broken
     assert set(ids) <= set(get_queue(app).job_ids)
+
+
+WRITER = """
+import fcntl, os, sqlite3, sys, time
+db, lock, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+conn = sqlite3.connect(db, isolation_level=None, timeout=30)
+conn.execute("PRAGMA wal_autocheckpoint=0")  # as web connections, it leaves them to the relay
+conn.execute("CREATE TABLE IF NOT EXISTS burst (body BLOB)")
+fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+print("writing", flush=True)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a web worker takes its turn for each insert
+    conn.execute("INSERT INTO burst VALUES (randomblob(3000))")
+    fcntl.flock(fd, fcntl.LOCK_UN)
+"""
+
+
+def restarts_of_the_log(database: str) -> int:
+    """The WAL header's checkpoint sequence number: SQLite adds one each time the log
+    starts over from its first frame."""
+    with open(f"{database}-wal", "rb") as wal:
+        return int(struct.unpack(">8I", wal.read(32))[3])
+
+
+def test_a_checkpoint_during_a_burst_copies_the_whole_log_so_it_starts_over(
+    app: Flask, client: FlaskClient
+) -> None:
+    """Another process inserts without pause, taking the ingest turn for each insert as
+    the web workers do. A checkpoint that copied only what was there when it began would
+    leave the newest frames behind every time: the log would never start over, and web
+    requests would end up running checkpoints themselves at the automatic limit."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only: PostgreSQL checkpoints by itself")
+    post_events(client, 2)
+    database = str(db.engine.url.database)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, database, f"{database}.ingest-lock", "2.5"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == b"writing\n"
+        time.sleep(0.2)  # the log holds frames from the writer now
+        before = restarts_of_the_log(database)
+        for _ in range(5):
+            checkpoint(app)
+            time.sleep(0.1)  # the writer's next insert starts the log over
+        after = restarts_of_the_log(database)
+    finally:
+        writer.wait(10)
+    assert after - before >= 4
