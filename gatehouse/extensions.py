@@ -66,7 +66,7 @@ def configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         # No web request pays for a checkpoint (copying the WAL into the database, with an
-        # fsync): the relay checkpoints every second. This bound only matters if it stops.
+        # fsync): the relay checkpoints every half second. This bound only matters if it stops.
         cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         cursor.close()
 

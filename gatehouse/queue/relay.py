@@ -43,7 +43,8 @@ IDLE_POLL = 0.02
 # The longest wait between polls once nothing arrives: the most an event arriving after a
 # quiet spell can wait for its relay.
 IDLE_POLL_MAX = 0.1
-CHECKPOINT_EVERY = 1.0
+# Half a second of a burst is 30-40 MB of log, well under the automatic limit (80 MB).
+CHECKPOINT_EVERY = 0.5
 
 
 class DriverClaim:
