@@ -83,7 +83,7 @@ class DriverClaim:
     def pending(self, limit: int) -> list[str]:
         """The oldest `received` event ids. On SQLite a plain read: no write lock taken,
         so polling never holds up the receive view."""
-        return [row[0] for row in self._run(self.pending_sql, ("received", limit))]
+        return [row[0] for row in self.held.run_alone(self.pending_sql, ("received", limit))]
 
     def claim(self, ids: list[str], old: str = "received", new: str = "queued") -> list[str]:
         """Move those of `ids` still in `old` to `new`; returns the ids moved."""
@@ -94,23 +94,7 @@ class DriverClaim:
             params = (new, stamp, list(ids), old)
         # In turn with the web requests' inserts (SQLite), not through SQLite's sleeping wait.
         with write_turn(self.engine, "ingest"):
-            return [row[0] for row in self._run(self._claim_sql(len(ids)), params)]
-
-    def _run(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        raw: Any = self.held.get()
-        try:
-            if self.sqlite:  # the connection is in autocommit mode already
-                return list(raw.cursor().execute(sql, params).fetchall())
-            connection = raw.dbapi_connection
-            connection.autocommit = True
-            try:
-                cursor = connection.cursor()
-                cursor.execute(sql, params)
-                return list(cursor.fetchall())
-            finally:
-                connection.autocommit = False
-        except self.held.dbapi_error as exc:
-            raise self.held.failed(raw, exc, sql) from exc
+            return [row[0] for row in self.held.run_alone(self._claim_sql(len(ids)), params)]
 
 
 _SQLITE_CLAIM = (

@@ -200,10 +200,14 @@ class DriverInsert:
             return self._insert(params)
 
     def _insert(self, params: list[Any]) -> dict[str, str] | None:
+        if len(params) == 1:
+            found = self.held.run_alone(self.sql, params[0])
+            if not found:
+                return None  # already stored: nothing was written
+            [(event_id, external_id)] = found
+            return {external_id: event_id}
         raw: Any = self.held.get()
         try:
-            if len(params) == 1:
-                return self._insert_one(raw, params[0])
             cursor = raw.cursor()
             if self.dialect == "sqlite":
                 cursor.execute("BEGIN IMMEDIATE")
@@ -222,26 +226,6 @@ class DriverInsert:
         except BaseException:
             raw.rollback()
             raise
-
-    def _insert_one(self, raw: Any, params: Any) -> dict[str, str] | None:
-        """One statement is its own transaction (autocommit): on PostgreSQL one round trip
-        instead of BEGIN, INSERT, COMMIT; on SQLite two fewer calls. It is committed when
-        its result has been read, before the caller answers."""
-        if self.dialect == "sqlite":  # the connection is in autocommit mode already
-            found = raw.cursor().execute(self.sql, params).fetchall()
-        else:
-            connection = raw.dbapi_connection
-            connection.autocommit = True
-            try:
-                cursor = connection.cursor()
-                cursor.execute(self.sql, params)
-                found = cursor.fetchall()
-            finally:
-                connection.autocommit = False
-        if not found:
-            return None  # already stored: nothing was written
-        [(event_id, external_id)] = found
-        return {external_id: event_id}
 
 
 def driver_insert() -> DriverInsert:
