@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from flask import current_app
 from sqlalchemy import event as sa_event
@@ -106,19 +106,16 @@ class HeldConnection:
         )
 
 
-class _OnEngine(Protocol):
-    engine: Engine
-
-
-T = TypeVar("T", bound=_OnEngine)
+T = TypeVar("T")
 
 
 def for_engine(name: str, make: Callable[[Engine], T]) -> T:
-    """The app's one `make(engine)`, kept in `app.extensions`: it lives and dies with the
-    app and its engine (a module-level table keyed by engine kept every test app's)."""
+    """The app's one `make(db.engine)`, kept in `app.extensions`: it lives and dies with the
+    app (a module-level table keyed by engine kept every test app's). An app's engine is
+    made once, by Flask-SQLAlchemy's `init_app`, so the hit path looks up nothing else: this
+    runs on every accepted webhook."""
     extensions = current_app.extensions
     found: T | None = extensions.get(name)
-    engine = db.engine
-    if found is None or found.engine is not engine:
-        found = extensions[name] = make(engine)
+    if found is None:
+        found = extensions[name] = make(db.engine)
     return found
