@@ -84,7 +84,8 @@ class JobTemplate:
         self.serializer = job.serializer
         self.func_name = job.func_name
         self.kwargs = job.kwargs
-        self.header: list[Any] | None = None
+        self.header = self._header()
+        self.script = queue.connection.register_script(_ENQUEUE_JOBS)  # no round trip
 
     def data(self, event_id: str) -> bytes:
         # What Job.data + Job.to_dict produce: the serialized call, zlib-compressed.
@@ -119,8 +120,6 @@ class JobTemplate:
         """`_ENQUEUE_JOBS`'s arguments for these events: the header once, then per event
         its id and its serialized call. RQ's commands are put together inside Redis, so the
         client sends two values per event instead of the forty of RQ's four commands."""
-        if self.header is None:
-            self.header = self._header()
         args: list[Any] = [utcformat(now()), *self.header]
         for event_id in event_ids:
             args += [event_id, self.data(event_id)]
@@ -193,13 +192,7 @@ def enqueue_events(event_ids: Sequence[str], app: Flask | None = None) -> bool:
     app = app or current_app
     try:
         template = job_template(app)
-        client = template.queue.connection
-        script = app.extensions.get("gatehouse.enqueue_script")
-        if script is None:
-            script = app.extensions["gatehouse.enqueue_script"] = client.register_script(
-                _ENQUEUE_JOBS
-            )
-        script(keys=[], args=template.script_args(event_ids), client=client)
+        template.script(keys=[], args=template.script_args(event_ids))
     except redis.RedisError as exc:
         log.warning("queue.enqueue_failed", extra={"events": len(event_ids), "error": str(exc)})
         return False
