@@ -7,10 +7,11 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask, current_app, g, jsonify, request
+from flask import Flask, current_app, g, request
 from sqlalchemy import select
 
 from gatehouse.crypto import hash_token
+from gatehouse.errors import json_error
 from gatehouse.extensions import db
 from gatehouse.models import ApiToken
 
@@ -83,8 +84,5 @@ def require(role: str) -> Callable[[F], F]:
 
 
 def _deny(status: int, code: str, detail: str) -> Any:
-    response = jsonify({"error": code, "detail": detail})
-    response.status_code = status
-    if status == 401:
-        response.headers["WWW-Authenticate"] = "Bearer"
-    return response
+    body, status = json_error(status, code, detail)
+    return body, status, {"WWW-Authenticate": "Bearer"} if status == 401 else {}

@@ -26,8 +26,8 @@ bp = Blueprint("api_events", __name__, url_prefix="/api")
 
 
 def _unavailable() -> tuple[Response, int, dict[str, str]]:
-    body = {"error": "unavailable", "detail": "Redis did not take the job; retry shortly"}
-    return jsonify(body), 503, {"Retry-After": "30"}
+    body, status = json_error(503, "unavailable", "Redis did not take the job; retry shortly")
+    return body, status, {"Retry-After": "30"}
 
 
 def _json_body() -> dict[str, Any] | None:
