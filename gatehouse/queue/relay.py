@@ -61,7 +61,7 @@ class DriverClaim:
         self.engine = engine
         self.held = HeldConnection(engine)
         dialect = engine.dialect
-        self.sqlite = dialect.name == "sqlite"
+        self.sqlite = self.held.sqlite
         updated_at: Any = Event.__table__.c.updated_at
         self.stamp = updated_at.type.dialect_impl(dialect).bind_processor(dialect)
         # ORDER BY received_at: the oldest first, along the (status, received_at) index.
