@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -78,6 +79,8 @@ def configure_sqlite(engine: Engine) -> None:
 
 
 _TURN_FILES: dict[tuple[int, str], int] = {}
+_TURN_THREADS: dict[tuple[int, str], threading.Lock] = {}
+_TURN_FILES_LOCK = threading.Lock()
 
 
 @contextmanager
@@ -96,12 +99,19 @@ def write_turn(engine: Engine, name: str) -> Iterator[None]:
     key = (os.getpid(), f"{url.database}.{name}-lock")  # a descriptor is not shared by a fork
     fd = _TURN_FILES.get(key)
     if fd is None:
-        fd = _TURN_FILES[key] = os.open(key[1], os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        with _TURN_FILES_LOCK:
+            fd = _TURN_FILES.get(key)
+            if fd is None:
+                fd = _TURN_FILES[key] = os.open(key[1], os.O_RDWR | os.O_CREAT, 0o600)
+                _TURN_THREADS[key] = threading.Lock()
+    # flock tells processes apart, not the threads of one (they share the descriptor): a
+    # thread lock first, so threaded web workers take turns too.
+    with _TURN_THREADS[key]:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def init_database(app: Flask) -> None:

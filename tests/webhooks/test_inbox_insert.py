@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,7 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from gatehouse.extensions import db
+from gatehouse.extensions import db, write_turn
 from gatehouse.models import Event, Source
 from gatehouse.webhooks import inbox
 from gatehouse.webhooks.inbox import store_and_commit, store_events
@@ -124,6 +125,37 @@ def test_on_sqlite_inserts_wait_their_turn_at_the_ingest_lock(app: Flask, tmp_pa
     holder.wait(5)
     assert stored.new_ids
     assert waited >= 0.3  # it waited for the other process's turn to end
+
+
+def test_on_sqlite_threads_of_one_process_take_turns_too(app: Flask) -> None:
+    """flock does not tell threads of one process apart (they share its descriptor); a
+    threaded web worker (gunicorn's gthread) must still queue at the ingest turn."""
+    if not _sqlite():
+        pytest.skip("SQLite only: PostgreSQL locks rows")
+    engine = db.engine
+    entered = threading.Event()
+    second_in: list[float] = []
+    release_at: list[float] = []
+
+    def holder() -> None:
+        with write_turn(engine, "ingest"):
+            entered.set()
+            time.sleep(0.3)
+            release_at.append(time.monotonic())
+
+    def second() -> None:
+        with write_turn(engine, "ingest"):
+            second_in.append(time.monotonic())
+
+    first = threading.Thread(target=holder)
+    first.start()
+    assert entered.wait(5)
+    other = threading.Thread(target=second)
+    other.start()
+    first.join(5)
+    other.join(5)
+    assert second_in and release_at
+    assert second_in[0] >= release_at[0]  # it entered only once the holder had left
 
 
 def test_the_driver_connection_is_kept_between_inserts(app: Flask) -> None:
