@@ -6,9 +6,7 @@ They raise on failure so RQ retries and records it; `on_job_failure` marks the e
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +18,7 @@ from sqlalchemy import select
 from gatehouse import metrics
 from gatehouse.access import cache
 from gatehouse.access.state import load_states
-from gatehouse.extensions import db
+from gatehouse.extensions import db, write_turn
 from gatehouse.handlers import contact_events, preload
 from gatehouse.handlers.dispatch import HANDLERS
 from gatehouse.handlers.outcome import Assertion, Outcome, Skip, Unmatched
@@ -94,19 +92,10 @@ def _writer_turn() -> Iterator[None]:
     SQLite's own wait for a busy database sleeps in steps of up to 100 ms, so two workers
     that each hold the write lock for a batch mostly sleep while the other has finished long
     ago; `flock` wakes the next one the moment the lock is free, so one worker's Redis work
-    overlaps the other's transaction. The kernel drops the lock when a process dies. Other
-    databases lock rows, not the database: nothing to do.
+    overlaps the other's transaction. Other databases lock rows, not the database.
     """
-    url = db.engine.url
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+    with write_turn(db.engine, "worker"):
         yield
-        return
-    fd = os.open(f"{url.database}.worker-lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _contact_keys(events: list[Event]) -> list[tuple[str, str]]:
