@@ -38,10 +38,6 @@ GUNICORN_CLASS = os.environ.get("BENCH_GUNICORN_CLASS", "sync")
 GUNICORN_THREADS = int(os.environ.get("BENCH_GUNICORN_THREADS", "1"))
 
 
-
-
-
-
 def tool(name: str) -> str:
     """A console script of this venv (flask, gunicorn, rq), else from PATH."""
     local = BIN / name
