@@ -102,10 +102,12 @@ def write_turn(engine: Engine, name: str) -> Iterator[None]:
         with _TURN_FILES_LOCK:
             fd = _TURN_FILES.get(key)
             if fd is None:
-                fd = _TURN_FILES[key] = os.open(key[1], os.O_RDWR | os.O_CREAT, 0o600)
+                # The thread lock first: a thread that finds the descriptor finds it too.
                 _TURN_THREADS[key] = threading.Lock()
+                fd = _TURN_FILES[key] = os.open(key[1], os.O_RDWR | os.O_CREAT, 0o600)
     # flock tells processes apart, not the threads of one (they share the descriptor): a
-    # thread lock first, so threaded web workers take turns too.
+    # thread lock first, so threaded web workers take turns too. Not reentrant: a turn is
+    # never taken inside a turn of the same name.
     with _TURN_THREADS[key]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
