@@ -78,9 +78,9 @@ def configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-_TURN_FILES: dict[tuple[int, str], int] = {}
-_TURN_THREADS: dict[tuple[int, str], threading.Lock] = {}
-_TURN_FILES_LOCK = threading.Lock()
+# Per (process, lock file): the open descriptor, and a lock for the threads of that process.
+_TURNS: dict[tuple[int, str], tuple[int, threading.Lock]] = {}
+_TURNS_MADE = threading.Lock()
 
 
 @contextmanager
@@ -97,18 +97,18 @@ def write_turn(engine: Engine, name: str) -> Iterator[None]:
         yield
         return
     key = (os.getpid(), f"{url.database}.{name}-lock")  # a descriptor is not shared by a fork
-    fd = _TURN_FILES.get(key)
-    if fd is None:
-        with _TURN_FILES_LOCK:
-            fd = _TURN_FILES.get(key)
-            if fd is None:
-                # The thread lock first: a thread that finds the descriptor finds it too.
-                _TURN_THREADS[key] = threading.Lock()
-                fd = _TURN_FILES[key] = os.open(key[1], os.O_RDWR | os.O_CREAT, 0o600)
+    turn = _TURNS.get(key)
+    if turn is None:
+        with _TURNS_MADE:
+            turn = _TURNS.get(key)
+            if turn is None:
+                fd = os.open(key[1], os.O_RDWR | os.O_CREAT, 0o600)
+                turn = _TURNS[key] = (fd, threading.Lock())
+    fd, threads = turn
     # flock tells processes apart, not the threads of one (they share the descriptor): a
     # thread lock first, so threaded web workers take turns too. Not reentrant: a turn is
     # never taken inside a turn of the same name.
-    with _TURN_THREADS[key]:
+    with threads:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
