@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -85,19 +84,6 @@ def _slugs(source_ids: set[int]) -> dict[int, str]:
     return {sid: slug for sid, slug in rows}
 
 
-@contextmanager
-def _writer_turn() -> Iterator[None]:
-    """On SQLite, workers take turns at the database's single write lock through a file lock.
-
-    SQLite's own wait for a busy database sleeps in steps of up to 100 ms, so two workers
-    that each hold the write lock for a batch mostly sleep while the other has finished long
-    ago; `flock` wakes the next one the moment the lock is free, so one worker's Redis work
-    overlaps the other's transaction. Other databases lock rows, not the database.
-    """
-    with write_turn(db.engine, "worker"):
-        yield
-
-
 def _contact_keys(events: list[Event]) -> list[tuple[str, str]]:
     keys = []
     for event in events:
@@ -155,7 +141,10 @@ def process_events(
     finished: list[tuple[str, tuple[Any, ...]]] = []
     answers: dict[str, Any] = {}
     try:
-        with _writer_turn():
+        # On SQLite, workers take turns at the single write lock through `flock`, which wakes
+        # the next the moment it is free (SQLite's own wait sleeps up to 100 ms a step): one
+        # worker's Redis work overlaps the other's transaction.
+        with write_turn(db.engine, "worker"):
             try:
                 events = list(
                     db.session.execute(select(Event).where(Event.id.in_(list(event_ids)))).scalars()
