@@ -61,16 +61,15 @@ class DriverClaim:
         self.engine = engine
         self.held = HeldConnection(engine)
         dialect = engine.dialect
-        self.sqlite = self.held.sqlite
         updated_at: Any = Event.__table__.c.updated_at
         self.stamp = updated_at.type.dialect_impl(dialect).bind_processor(dialect)
         # ORDER BY received_at: the oldest first, along the (status, received_at) index.
         self.pending_sql = "SELECT id FROM events WHERE status = ? ORDER BY received_at LIMIT ?"
-        if not self.sqlite:
+        if not self.held.sqlite:
             self.pending_sql = self.pending_sql.replace("?", "%s")
 
     def _claim_sql(self, count: int) -> str:
-        if self.sqlite:
+        if self.held.sqlite:
             # coalesce(): without it SQLite's planner picks the status index and scans
             # every `received` row (20,000 during a burst) instead of the primary key.
             return _SQLITE_CLAIM.replace("(ids)", "(" + ", ".join("?" * count) + ")")
@@ -88,7 +87,7 @@ class DriverClaim:
     def claim(self, ids: list[str], old: str = "received", new: str = "queued") -> list[str]:
         """Move those of `ids` still in `old` to `new`; returns the ids moved."""
         stamp = self.stamp(utcnow()) if self.stamp is not None else utcnow()
-        if self.sqlite:
+        if self.held.sqlite:
             params: tuple[Any, ...] = (new, stamp, *ids, old)
         else:
             params = (new, stamp, list(ids), old)
