@@ -458,8 +458,6 @@ class CacheWriteWatch:
         clock = time.get_clock_info("perf_counter").implementation
         if "CLOCK_MONOTONIC" not in clock:  # on Linux, one clock for every process
             raise RuntimeError(f"perf_counter is {clock}: not comparable across processes")
-        self.redis_url = redis_url
-        self.member_ids = member_ids
         context = multiprocessing.get_context("spawn")
         self.ready = context.Event()
         self.stop = context.Event()
@@ -509,8 +507,7 @@ def _watch_cache_writes(
     listener = redis.Redis.from_url(redis_url).pubsub()
     listener.psubscribe("__keyspace@0__:gatehouse:access:*")
     prefix = len("__keyspace@0__:gatehouse:access:")
-    watched = set(member_ids)
-    written: dict[str, float] = {}
+    watched = set(member_ids)  # each member's first write only
     batch: dict[str, float] = {}
     listener.get_message(timeout=1.0)  # the subscription's confirmation
     ready.set()
@@ -519,8 +516,9 @@ def _watch_cache_writes(
         msg = listener.get_message(timeout=0.05)
         if msg and msg["type"] == "pmessage":
             mid = msg["channel"].decode()[prefix:]
-            if mid in watched and mid not in written:
-                written[mid] = batch[mid] = time.perf_counter()
+            if mid in watched:
+                watched.discard(mid)
+                batch[mid] = time.perf_counter()
         if batch and time.perf_counter() - last_sent > 0.2:
             results.put(batch)
             batch, last_sent = {}, time.perf_counter()
