@@ -123,5 +123,44 @@ def load_canonical(data: Any) -> dict[str, Any]:
     """Validate one canonical event; raises marshmallow.ValidationError with field messages."""
     if not isinstance(data, dict):
         raise ValidationError({"_schema": ["an event must be a JSON object"]})
-    loaded: dict[str, Any] = canonical_event_schema.load(data)
+    loaded = _plain_tag_change(data)
+    if loaded is not None:
+        return loaded
+    loaded = canonical_event_schema.load(data)
     return {k: v for k, v in loaded.items() if v is not None}
+
+
+_TAG_CHANGES = frozenset({"contact.tag_added", "contact.tag_removed"})
+_PLAIN_TAG_CHANGE_KEYS = frozenset({"type", "contact", "tag"})
+# The nested contact as the schema loads it: its fields in declared order, absent ones None.
+_CONTACT_FIELDS = tuple(ContactSchema().fields)
+_ID_MAX = next(v.max for v in ContactSchema().fields["id"].validators if hasattr(v, "max"))
+_TAG_MAX = next(
+    v.max for v in CanonicalEventSchema().fields["tag"].validators if hasattr(v, "max")
+)
+
+
+def _plain_tag_change(data: dict[str, Any]) -> dict[str, Any] | None:
+    """`{"type": "contact.tag_added" | "contact.tag_removed", "contact": {"id": …}, "tag": …}`,
+    valid, loaded exactly as the schema loads it; None for anything else (the schema decides).
+
+    A burst (a campaign tagging 50,000 contacts) is almost all this one shape, and the
+    schema's general walk over its eleven fields is an eighth of an accepted request's CPU.
+    `tests/webhooks/test_canonical_schema.py` checks, over generated near-misses, that this
+    never accepts what the schema would not and never loads anything differently.
+    """
+    if data.keys() != _PLAIN_TAG_CHANGE_KEYS:
+        return None
+    kind, contact, tag = data["type"], data["contact"], data["tag"]
+    if kind.__class__ is not str or kind not in _TAG_CHANGES:
+        return None
+    if tag.__class__ is not str or not 0 < len(tag) <= _TAG_MAX:
+        return None
+    if contact.__class__ is not dict or contact.keys() != {"id"}:
+        return None
+    contact_id = contact["id"]
+    if contact_id.__class__ is not str or not 0 < len(contact_id) <= _ID_MAX:
+        return None
+    loaded_contact = dict.fromkeys(_CONTACT_FIELDS)
+    loaded_contact["id"] = contact_id
+    return {"type": kind, "contact": loaded_contact, "tag": tag}
