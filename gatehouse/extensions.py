@@ -84,19 +84,24 @@ _TURNS_MADE = threading.Lock()
 
 
 @contextmanager
-def write_turn(engine: Engine, name: str) -> Iterator[None]:
-    """On a SQLite file, writers of one kind take turns at the write lock through `flock`.
+def write_turn(engine: Engine) -> Iterator[None]:
+    """On a SQLite file, the frequent writers take turns at its single write lock through
+    `flock`: web inserts, the relay's claims and checkpoints, and worker batches.
 
     SQLite's own wait for a busy database sleeps 1 ms, then 2, 5, 10 … up to 100 ms at a
-    time, while a web request holds the write lock for tens of microseconds: two web workers
-    that collide would mostly sleep. The kernel wakes the next `flock` waiter the moment the
-    lock is free, and drops the lock of a process that dies. Elsewhere: nothing to do.
+    time, while a web request holds the write lock for tens of microseconds and a worker
+    batch for a few milliseconds: a writer that collides with another would mostly sleep.
+    The kernel wakes the next `flock` waiter the moment the lock is free, and drops the lock
+    of a process that dies. All of them take the one turn: a web request that met a worker
+    batch at SQLite's busy handler instead slept through several of its steps (with two
+    workers running, posts answered in 25 ms at the median instead of 14; "Designs tried",
+    docs/benchmarks.md). Elsewhere (PostgreSQL): nothing to do.
     """
     url = engine.url
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         yield
         return
-    key = (os.getpid(), f"{url.database}.{name}-lock")  # a descriptor is not shared by a fork
+    key = (os.getpid(), f"{url.database}.write-lock")  # a descriptor is not shared by a fork
     turn = _TURNS.get(key)
     if turn is None:
         with _TURNS_MADE:
@@ -106,8 +111,8 @@ def write_turn(engine: Engine, name: str) -> Iterator[None]:
                 turn = _TURNS[key] = (fd, threading.Lock())
     fd, threads = turn
     # flock tells processes apart, not the threads of one (they share the descriptor): a
-    # thread lock first, so threaded web workers take turns too. Not reentrant: a turn is
-    # never taken inside a turn of the same name.
+    # thread lock first, so threaded web workers, and a worker's relay thread, take turns
+    # too. Not reentrant: a turn is never taken inside a turn.
     with threads:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:

@@ -141,10 +141,10 @@ def process_events(
     finished: list[tuple[str, tuple[Any, ...]]] = []
     answers: dict[str, Any] = {}
     try:
-        # On SQLite, workers take turns at the single write lock through `flock`, which wakes
-        # the next the moment it is free (SQLite's own wait sleeps up to 100 ms a step): one
-        # worker's Redis work overlaps the other's transaction.
-        with write_turn(db.engine, "worker"):
+        # On SQLite, the batch takes its turn at the single write lock with the web inserts,
+        # the relay and the other worker (`write_turn`: the kernel wakes the next writer the
+        # moment it is free, where SQLite's own wait sleeps up to 100 ms a step).
+        with write_turn(db.engine):
             try:
                 events = list(
                     db.session.execute(select(Event).where(Event.id.in_(list(event_ids)))).scalars()

@@ -91,8 +91,8 @@ class DriverClaim:
             params: tuple[Any, ...] = (new, stamp, *ids, old)
         else:
             params = (new, stamp, list(ids), old)
-        # In turn with the web requests' inserts (SQLite), not through SQLite's sleeping wait.
-        with write_turn(self.engine, "ingest"):
+        # In turn with the other writers (SQLite), not through SQLite's sleeping wait.
+        with write_turn(self.engine):
             return [row[0] for row in self.held.run_alone(self._claim_sql(len(ids)), params)]
 
 
@@ -152,7 +152,7 @@ def checkpoint(app: Flask) -> None:
             return
         with db.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-            with write_turn(db.engine, "ingest"):
+            with write_turn(db.engine):
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 

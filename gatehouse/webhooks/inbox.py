@@ -196,7 +196,7 @@ class DriverInsert:
         when some row was already stored: the caller then takes the general path."""
         # Bound before the turn: the other web workers wait for as little as possible.
         params = [self.params(row) for row in rows]
-        with write_turn(self.engine, "ingest"):
+        with write_turn(self.engine):
             return self._insert(params)
 
     def _insert(self, params: list[Any]) -> dict[str, str] | None:

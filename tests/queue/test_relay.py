@@ -268,7 +268,7 @@ def restarts_of_the_log(database: str) -> int:
 def test_a_checkpoint_during_a_burst_copies_the_whole_log_so_it_starts_over(
     app: Flask, client: FlaskClient
 ) -> None:
-    """Another process inserts without pause, taking the ingest turn for each insert as
+    """Another process inserts without pause, taking the write turn for each insert as
     the web workers do. A checkpoint that copied only what was there when it began would
     leave the newest frames behind every time: the log would never start over, and web
     requests would end up running checkpoints themselves at the automatic limit."""
@@ -277,7 +277,7 @@ def test_a_checkpoint_during_a_burst_copies_the_whole_log_so_it_starts_over(
     post_events(client, 2)
     database = str(db.engine.url.database)
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, database, f"{database}.ingest-lock", "2.5"],
+        [sys.executable, "-c", WRITER, database, f"{database}.write-lock", "2.5"],
         stdout=subprocess.PIPE,
     )
     try:

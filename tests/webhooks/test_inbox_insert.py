@@ -100,7 +100,7 @@ def test_a_duplicate_takes_the_general_path_and_counts_the_delivery(app: Flask) 
     assert deliveries == 2
 
 
-def test_on_sqlite_inserts_wait_their_turn_at_the_ingest_lock(app: Flask, tmp_path: Any) -> None:
+def test_on_sqlite_inserts_wait_their_turn_at_the_write_lock(app: Flask, tmp_path: Any) -> None:
     """Web workers queue on a kernel file lock, not SQLite's sleeping busy handler."""
     if not _sqlite():
         pytest.skip("SQLite only: PostgreSQL locks rows")
@@ -114,7 +114,7 @@ def test_on_sqlite_inserts_wait_their_turn_at_the_ingest_lock(app: Flask, tmp_pa
             "fcntl.flock(fd, fcntl.LOCK_EX)\n"
             "print('held', flush=True)\n"
             "time.sleep(0.5)\n",
-            f"{db.engine.url.database}.ingest-lock",
+            f"{db.engine.url.database}.write-lock",
         ],
         stdout=subprocess.PIPE,
     )
@@ -129,7 +129,7 @@ def test_on_sqlite_inserts_wait_their_turn_at_the_ingest_lock(app: Flask, tmp_pa
 
 def test_on_sqlite_threads_of_one_process_take_turns_too(app: Flask) -> None:
     """flock does not tell threads of one process apart (they share its descriptor); a
-    threaded web worker (gunicorn's gthread) must still queue at the ingest turn."""
+    threaded web worker (gunicorn's gthread) must still queue at the write turn."""
     if not _sqlite():
         pytest.skip("SQLite only: PostgreSQL locks rows")
     engine = db.engine
@@ -138,13 +138,13 @@ def test_on_sqlite_threads_of_one_process_take_turns_too(app: Flask) -> None:
     release_at: list[float] = []
 
     def holder() -> None:
-        with write_turn(engine, "ingest"):
+        with write_turn(engine):
             entered.set()
             time.sleep(0.3)
             release_at.append(time.monotonic())
 
     def second() -> None:
-        with write_turn(engine, "ingest"):
+        with write_turn(engine):
             second_in.append(time.monotonic())
 
     first = threading.Thread(target=holder)
@@ -156,6 +156,34 @@ def test_on_sqlite_threads_of_one_process_take_turns_too(app: Flask) -> None:
     other.join(5)
     assert second_in and release_at
     assert second_in[0] >= release_at[0]  # it entered only once the holder had left
+
+
+def test_on_sqlite_a_worker_batch_waits_at_the_turn_web_inserts_take(app: Flask) -> None:
+    """One turn for every frequent writer: a worker batch that met a web insert at SQLite's
+    busy handler instead would sleep in its steps (1, 2, 5 … 100 ms), and so would the
+    web requests that met the batch."""
+    if not _sqlite():
+        pytest.skip("SQLite only: PostgreSQL locks rows")
+    from gatehouse.handlers.jobs import process_events
+
+    engine = db.engine
+    entered = threading.Event()
+    release_at: list[float] = []
+
+    def web_insert() -> None:  # holds the turn exactly as DriverInsert.try_insert does
+        with write_turn(engine):
+            entered.set()
+            time.sleep(0.3)
+            release_at.append(time.monotonic())
+
+    holder = threading.Thread(target=web_insert)
+    holder.start()
+    assert entered.wait(5)
+    results = process_events(["no-such-event"])
+    done_at = time.monotonic()
+    holder.join(5)
+    assert results == {"no-such-event": {"event": "no-such-event", "status": "missing"}}
+    assert release_at and done_at >= release_at[0]  # it read nothing before the turn was its
 
 
 def test_the_driver_connection_is_kept_between_inserts(app: Flask) -> None:
