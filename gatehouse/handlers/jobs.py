@@ -17,7 +17,7 @@ from sqlalchemy import select
 from gatehouse import metrics
 from gatehouse.access import cache
 from gatehouse.access.state import load_states
-from gatehouse.extensions import db, write_turn
+from gatehouse.extensions import READ_ONLY, db, write_turn
 from gatehouse.handlers import contact_events, preload
 from gatehouse.handlers.dispatch import HANDLERS
 from gatehouse.handlers.outcome import Assertion, Outcome, Skip, Unmatched
@@ -139,7 +139,7 @@ def process_events(
     started_at = utcnow()
     results: dict[str, dict[str, Any]] = {}
     finished: list[tuple[str, tuple[Any, ...]]] = []
-    answers: dict[str, Any] = {}
+    touched: set[str] = set()
     try:
         # On SQLite, the batch takes its turn at the single write lock with the web inserts,
         # the relay and the other worker (`write_turn`: the kernel wakes the next writer the
@@ -163,7 +163,6 @@ def process_events(
                 position = {event_id: n for n, event_id in enumerate(event_ids)}
                 events.sort(key=lambda e: (e.contact_key or "", position[e.id]))
                 slugs = _slugs({e.source_id for e in events})
-                touched: set[str] = set()
                 with preload.preloaded(_contact_keys(events)):
                     for event in events:
                         outcome, counts = _finish(event, started_at, slugs)
@@ -174,9 +173,6 @@ def process_events(
                             "status": event.status,
                             "members": sorted(outcome.touched),
                         }
-                    # Computed inside the transaction, from exactly what it commits: no second
-                    # transaction (on SQLite, a second turn at the write lock) to read it back.
-                    answers = cache.compute(load_states(sorted(touched)))
                     db.session.commit()
             except BaseException:
                 db.session.rollback()  # before the next worker's turn, not after
@@ -184,8 +180,8 @@ def process_events(
         for _event, counts in finished:
             metrics.count_finished(*counts)
         # After the commit: a crash here re-runs the jobs, which write the cache again.
-        if answers:
-            cache.store(answers)
+        if touched:
+            cache.store(_read_back(sorted(touched)))
     except BaseException:
         db.session.rollback()
         raise
@@ -194,6 +190,22 @@ def process_events(
     for event_id, counts in finished:
         _log_processed(event_id, counts, started)
     return results
+
+
+def _read_back(member_ids: list[str]) -> dict[str, Any]:
+    """The answers of members a batch changed, read after its commit and outside the write
+    turn, so the other writers (web inserts above all) wait only for the batch's writes.
+
+    On SQLite the read takes no lock (READ_ONLY: no BEGIN IMMEDIATE). What it reads may
+    already include a later commit by another worker; `load_states` reads each member's
+    version first, so an answer is never older than its version, and the cache refuses a
+    version lower than the one it holds.
+    """
+    db.session.connection(execution_options={READ_ONLY: True})
+    try:
+        return cache.compute(load_states(member_ids))
+    finally:
+        db.session.rollback()  # ends the read
 
 
 def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: Any) -> None:
