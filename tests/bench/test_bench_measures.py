@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from bench.load import WrkResult
-from bench.run import CacheWriteWatch, pooled
+from bench.load import Answer, WrkResult
+from bench.run import CacheWriteWatch, answered_rate, pooled
 from tests.conftest import RedisServer
 
 
@@ -23,6 +23,23 @@ def test_rounds_pool_into_requests_over_seconds_and_the_median_rounds_percentile
     assert result.requests == 6000 and result.seconds == 20.0
     assert result.rps == 300.0  # not the mean of the rounds' rates (200, 600, 200)
     assert (result.p50_ms, result.p99_ms) == (11, 40)
+
+
+def test_the_lag_phase_reports_the_rate_the_server_answered_not_the_rate_offered() -> None:
+    # Four accepted posts over two seconds from the first send to the last answer; a
+    # refused one and one never answered count for nothing.
+    answers = [
+        Answer(202, b"", 10.0, 10.01),
+        Answer(202, b"", 10.5, 10.53),
+        Answer(503, b"", 11.0, 11.9),
+        None,
+        Answer(202, b"", 11.0, 11.05),
+        Answer(202, b"", 11.9, 12.0),
+    ]
+    posted = answered_rate(answers)
+    assert posted.per_s == pytest.approx(2.0)  # 4 / (12.0 - 10.0)
+    assert posted.p50_ms == pytest.approx(50.0)  # of 10, 30, 50, 100 ms
+    assert posted.p99_ms == pytest.approx(100.0)
 
 
 @pytest.fixture
