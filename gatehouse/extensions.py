@@ -94,8 +94,8 @@ def write_turn(engine: Engine) -> Iterator[None]:
     The kernel wakes the next `flock` waiter the moment the lock is free, and drops the lock
     of a process that dies. All of them take the one turn: a web request that met a worker
     batch at SQLite's busy handler instead slept through several of its steps (with two
-    workers running, posts answered in 25 ms at the median instead of 14; "Designs tried",
-    docs/benchmarks.md). Elsewhere (PostgreSQL): nothing to do.
+    workers running, posts answered in 25 ms at the median instead of 14: docs/benchmarks.md,
+    "One write turn for every SQLite writer"). Elsewhere (PostgreSQL): nothing to do.
     """
     url = engine.url
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
