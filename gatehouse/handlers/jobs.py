@@ -17,7 +17,7 @@ from sqlalchemy import insert, select
 from gatehouse import metrics
 from gatehouse.access import cache
 from gatehouse.access.state import load_states
-from gatehouse.extensions import READ_ONLY, db, write_turn
+from gatehouse.extensions import begin_read_only, db, write_turn
 from gatehouse.handlers import contact_events, preload
 from gatehouse.handlers.dispatch import HANDLERS
 from gatehouse.handlers.outcome import Assertion, Outcome, Skip, Unmatched
@@ -209,7 +209,7 @@ def _read_back(member_ids: list[str]) -> dict[str, Any]:
     version first, so an answer is never older than its version, and the cache refuses a
     version lower than the one it holds.
     """
-    db.session.connection(execution_options={READ_ONLY: True})
+    begin_read_only()
     try:
         return cache.compute(load_states(member_ids))
     finally:
@@ -272,14 +272,18 @@ def record_failure(
 def recompute_members(member_ids: list[str] | None = None) -> int:
     """Recompute the access cache of these members, or of every member, in chunks."""
     done = 0
+    # Each chunk is a read (the cache writes go to Redis): on SQLite, without BEGIN
+    # IMMEDIATE it takes no write lock, so web inserts and worker batches go on meanwhile.
     try:
         if member_ids is not None:
             for i in range(0, len(member_ids), RECOMPUTE_CHUNK):
+                begin_read_only()
                 done += len(cache.refresh(member_ids[i : i + RECOMPUTE_CHUNK]))
                 db.session.rollback()
             return done
         last = ""
         while True:
+            begin_read_only()
             chunk = list(
                 db.session.execute(
                     select(Member.id)
