@@ -51,8 +51,11 @@ READ_ONLY = "gatehouse_read_only"
 def begin_read_only() -> None:
     """Begin the session's next transaction as a read. On SQLite there is then no BEGIN
     IMMEDIATE: it takes no write lock, and each statement reads a snapshot of its own (read
-    what must agree in one statement, or versions first). Call it with no transaction open."""
-    db.session.connection(execution_options={READ_ONLY: True})
+    what must agree in one statement, or versions first). In a transaction already open,
+    the reads simply join it."""
+    session = db.session()
+    if not session.in_transaction():
+        session.connection(execution_options={READ_ONLY: True})
 
 
 WAL_AUTOCHECKPOINT_PAGES = 20_000  # 80 MB of WAL at the default 4 KB page

@@ -21,7 +21,7 @@ from redis.connection import Connection
 from gatehouse import metrics
 from gatehouse.access.rules import Access, evaluate
 from gatehouse.access.state import LoadedMember, active_rules, load_states
-from gatehouse.extensions import redis_client
+from gatehouse.extensions import begin_read_only, redis_client
 from gatehouse.models import utcnow
 
 KEY = "gatehouse:access:{}"
@@ -274,6 +274,9 @@ def read_or_compute(member_id: str) -> bytes | None:
     metrics.count_cache(hit=cached is not None)
     if cached is not None:
         return cached
+    # A read: on SQLite a miss must not hold the write lock that web inserts wait for (a
+    # Redis restart empties the cache while senders keep posting).
+    begin_read_only()
     answers = compute(load_states([member_id]))
     if member_id not in answers:
         return None

@@ -15,6 +15,7 @@ from flask import Flask
 from gatehouse.extensions import db
 from gatehouse.handlers.jobs import _read_back, recompute_members
 from gatehouse.models import Member
+from tests.helpers import bearer, create_token
 
 
 @pytest.fixture
@@ -72,3 +73,27 @@ def test_on_sqlite_a_recompute_of_named_members_takes_no_write_lock(
 ) -> None:
     some = three_members[:2]
     assert finishes_while_the_lock_is_held(app, lambda: recompute_members(some)) == [2]
+
+
+def test_on_sqlite_an_access_read_that_misses_the_cache_takes_no_write_lock(
+    app: Flask, three_members: list[str]
+) -> None:
+    token = create_token("reader")
+    db.session.remove()
+    client = app.test_client()
+    warm = client.get(f"/api/members/{three_members[0]}/access", headers=bearer(token))
+    assert warm.status_code == 200  # the token is now cached: no lookup below
+    missed = three_members[1]  # never computed: not in the cache
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only: PostgreSQL readers never wait for writers")
+    writer = sqlite3.connect(str(db.engine.url.database), isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        [answer] = finishes_while_the_lock_is_held(
+            app, lambda: client.get(f"/api/members/{missed}/access", headers=bearer(token))
+        )
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert answer.status_code == 200
+    assert answer.get_json()["member_id"] == missed
