@@ -230,9 +230,7 @@ def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb:
         db.session.remove()
 
 
-def record_failure(
-    event_id: str, error: str, last_try: bool, started_at: Any = None
-) -> None:
+def record_failure(event_id: str, error: str, last_try: bool, started_at: Any = None) -> None:
     """Keep the error on the event and on its attempt; the caller commits.
 
     A run that failed before its commit left no trace (claim and apply are one transaction),

@@ -135,9 +135,7 @@ _PLAIN_TAG_CHANGE_KEYS = frozenset({"type", "contact", "tag"})
 # The nested contact as the schema loads it: its fields in declared order, absent ones None.
 _CONTACT_FIELDS = tuple(ContactSchema().fields)
 _ID_MAX = next(v.max for v in ContactSchema().fields["id"].validators if hasattr(v, "max"))
-_TAG_MAX = next(
-    v.max for v in CanonicalEventSchema().fields["tag"].validators if hasattr(v, "max")
-)
+_TAG_MAX = next(v.max for v in CanonicalEventSchema().fields["tag"].validators if hasattr(v, "max"))
 
 
 def _plain_tag_change(data: dict[str, Any]) -> dict[str, Any] | None:
