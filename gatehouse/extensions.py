@@ -48,14 +48,16 @@ redis_client = RedisClient()
 READ_ONLY = "gatehouse_read_only"
 
 
-def begin_read_only() -> None:
-    """Begin the session's next transaction as a read. On SQLite there is then no BEGIN
-    IMMEDIATE: it takes no write lock, and each statement reads a snapshot of its own (read
-    what must agree in one statement, or versions first). In a transaction already open,
-    the reads simply join it."""
+def begin_read_only() -> bool:
+    """Begin the session's next transaction as a read; True if it began one. On SQLite
+    there is then no BEGIN IMMEDIATE: it takes no write lock, and each statement reads a
+    snapshot of its own (read what must agree in one statement, or versions first). In a
+    transaction already open, the reads simply join it (False)."""
     session = db.session()
-    if not session.in_transaction():
-        session.connection(execution_options={READ_ONLY: True})
+    if session.in_transaction():
+        return False
+    session.connection(execution_options={READ_ONLY: True})
+    return True
 
 
 WAL_AUTOCHECKPOINT_PAGES = 20_000  # 80 MB of WAL at the default 4 KB page

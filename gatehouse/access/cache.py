@@ -21,7 +21,7 @@ from redis.connection import Connection
 from gatehouse import metrics
 from gatehouse.access.rules import Access, evaluate
 from gatehouse.access.state import LoadedMember, active_rules, load_states
-from gatehouse.extensions import begin_read_only, redis_client
+from gatehouse.extensions import begin_read_only, db, redis_client
 from gatehouse.models import utcnow
 
 KEY = "gatehouse:access:{}"
@@ -90,8 +90,19 @@ def store(answers: dict[str, tuple[int, bytes, Access]], app: Flask | None = Non
 
 
 def refresh(member_ids: Sequence[str]) -> dict[str, tuple[int, bytes, Access]]:
-    """Recompute from the database and write the cache for these members."""
-    answers = compute(load_states(list(dict.fromkeys(member_ids))))
+    """Recompute from the database and write the cache for these members.
+
+    Called after a commit (a worker batch, an admin action, a recompute): the read begins a
+    transaction of its own without the write lock on SQLite, so web inserts and worker
+    batches go on meanwhile, and ends it. What it reads may include a later commit;
+    `load_states` reads versions first and the cache refuses a lower version than it holds.
+    """
+    began = begin_read_only()
+    try:
+        answers = compute(load_states(list(dict.fromkeys(member_ids))))
+    finally:
+        if began:
+            db.session.rollback()  # ends the read
     if answers:
         store(answers)
     return answers

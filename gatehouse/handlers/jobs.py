@@ -16,7 +16,6 @@ from sqlalchemy import insert, select
 
 from gatehouse import metrics
 from gatehouse.access import cache
-from gatehouse.access.state import load_states
 from gatehouse.extensions import begin_read_only, db, write_turn
 from gatehouse.handlers import contact_events, preload
 from gatehouse.handlers.dispatch import HANDLERS
@@ -189,7 +188,9 @@ def process_events(
             metrics.count_finished(*counts)
         # After the commit: a crash here re-runs the jobs, which write the cache again.
         if touched:
-            cache.store(_read_back(sorted(touched)))
+            # Read back outside the write turn (a read: `cache.refresh`), so the other
+            # writers, web inserts above all, wait only for the batch's writes.
+            cache.refresh(sorted(touched))
     except BaseException:
         db.session.rollback()
         raise
@@ -198,22 +199,6 @@ def process_events(
     for event_id, counts in finished:
         _log_processed(event_id, counts, started)
     return results
-
-
-def _read_back(member_ids: list[str]) -> dict[str, Any]:
-    """The answers of members a batch changed, read after its commit and outside the write
-    turn, so the other writers (web inserts above all) wait only for the batch's writes.
-
-    On SQLite the read takes no lock (READ_ONLY: no BEGIN IMMEDIATE). What it reads may
-    already include a later commit by another worker; `load_states` reads each member's
-    version first, so an answer is never older than its version, and the cache refuses a
-    version lower than the one it holds.
-    """
-    begin_read_only()
-    try:
-        return cache.compute(load_states(member_ids))
-    finally:
-        db.session.rollback()  # ends the read
 
 
 def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: Any) -> None:
@@ -270,18 +255,16 @@ def record_failure(event_id: str, error: str, last_try: bool, started_at: Any = 
 def recompute_members(member_ids: list[str] | None = None) -> int:
     """Recompute the access cache of these members, or of every member, in chunks."""
     done = 0
-    # Each chunk is a read (the cache writes go to Redis): on SQLite, without BEGIN
-    # IMMEDIATE it takes no write lock, so web inserts and worker batches go on meanwhile.
+    # Each chunk is a read (`cache.refresh`; the cache writes go to Redis): on SQLite it
+    # takes no write lock, so web inserts and worker batches go on meanwhile.
     try:
         if member_ids is not None:
             for i in range(0, len(member_ids), RECOMPUTE_CHUNK):
-                begin_read_only()
                 done += len(cache.refresh(member_ids[i : i + RECOMPUTE_CHUNK]))
-                db.session.rollback()
             return done
         last = ""
         while True:
-            begin_read_only()
+            begin_read_only()  # the chunk's ids are read in the same read as its states
             chunk = list(
                 db.session.execute(
                     select(Member.id)
