@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from gatehouse.extensions import db, write_turn
+from gatehouse.handlers.jobs import process_events
 from gatehouse.models import Event, Source
 from gatehouse.webhooks import inbox
 from gatehouse.webhooks.inbox import store_and_commit, store_events
@@ -127,32 +130,44 @@ def test_on_sqlite_inserts_wait_their_turn_at_the_write_lock(app: Flask, tmp_pat
     assert waited >= 0.3  # it waited for the other process's turn to end
 
 
+@contextmanager
+def turn_held_by_another_thread(seconds: float = 0.3) -> Iterator[list[float]]:
+    """Another thread of this process in the write turn for `seconds`, as a web insert (or
+    a worker's relay thread) is; yields the list its release time goes into."""
+    engine = db.engine  # the thread has no app context
+    entered = threading.Event()
+    released: list[float] = []
+
+    def hold() -> None:
+        with write_turn(engine):
+            entered.set()
+            time.sleep(seconds)
+            released.append(time.monotonic())
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert entered.wait(5)
+    try:
+        yield released
+    finally:
+        holder.join(5)
+
+
 def test_on_sqlite_threads_of_one_process_take_turns_too(app: Flask) -> None:
     """flock does not tell threads of one process apart (they share its descriptor); a
     threaded web worker (gunicorn's gthread) must still queue at the write turn."""
     if not _sqlite():
         pytest.skip("SQLite only: PostgreSQL locks rows")
     engine = db.engine
-    entered = threading.Event()
     second_in: list[float] = []
-    release_at: list[float] = []
-
-    def holder() -> None:
-        with write_turn(engine):
-            entered.set()
-            time.sleep(0.3)
-            release_at.append(time.monotonic())
 
     def second() -> None:
         with write_turn(engine):
             second_in.append(time.monotonic())
 
-    first = threading.Thread(target=holder)
-    first.start()
-    assert entered.wait(5)
-    other = threading.Thread(target=second)
-    other.start()
-    first.join(5)
+    with turn_held_by_another_thread() as release_at:
+        other = threading.Thread(target=second)
+        other.start()
     other.join(5)
     assert second_in and release_at
     assert second_in[0] >= release_at[0]  # it entered only once the holder had left
@@ -164,24 +179,9 @@ def test_on_sqlite_a_worker_batch_waits_at_the_turn_web_inserts_take(app: Flask)
     web requests that met the batch."""
     if not _sqlite():
         pytest.skip("SQLite only: PostgreSQL locks rows")
-    from gatehouse.handlers.jobs import process_events
-
-    engine = db.engine
-    entered = threading.Event()
-    release_at: list[float] = []
-
-    def web_insert() -> None:  # holds the turn exactly as DriverInsert.try_insert does
-        with write_turn(engine):
-            entered.set()
-            time.sleep(0.3)
-            release_at.append(time.monotonic())
-
-    holder = threading.Thread(target=web_insert)
-    holder.start()
-    assert entered.wait(5)
-    results = process_events(["no-such-event"])
-    done_at = time.monotonic()
-    holder.join(5)
+    with turn_held_by_another_thread() as release_at:
+        results = process_events(["no-such-event"])
+        done_at = time.monotonic()
     assert results == {"no-such-event": {"event": "no-such-event", "status": "missing"}}
     assert release_at and done_at >= release_at[0]  # it read nothing before the turn was its
 
