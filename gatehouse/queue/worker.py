@@ -8,7 +8,8 @@ sweep and the grace recompute) runs every GATEHOUSE_SWEEP_INTERVAL seconds, also
 Batches. RQ's own loop dequeues one job (BLMOVE into the queue's intermediate list, as
 stock RQ does). If it is an event job, up to `batch_size - 1` more are moved the same way
 in one round trip, and then the batch goes through the same states RQ's per-job path
-writes, with RQ's own methods, one pipeline per step instead of one per job:
+writes, in one script call per step instead of a pipeline per job (`batch_writes`, which
+writes what RQ's own methods write, and is tested against them):
 
 1. started: an Execution per job (StartedJobRegistry entry, execution hash, the worker's
    execution set), the job hash `started` with worker name and heartbeat, the job removed
@@ -44,14 +45,15 @@ from typing import Any
 import redis
 from flask import Flask
 from rq.executions import Execution
-from rq.job import Job, JobStatus
+from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import JobTimeoutException
-from rq.utils import as_text, get_version, import_attribute, now
+from rq.utils import as_text, get_version, import_attribute
 from rq.worker import SimpleWorker, WorkerStatus
 from sqlalchemy.exc import SQLAlchemyError
 
 from gatehouse.extensions import redis_client
+from gatehouse.queue.batch_writes import BatchWrites
 from gatehouse.queue.enqueue import PROCESS_EVENT, get_queue
 from gatehouse.queue.grace import recompute_due
 from gatehouse.queue.relay import RelayThread, relay_pending
@@ -67,10 +69,13 @@ HEARTBEAT_EVERY = 5.0
 
 
 def batchable(job: Job) -> bool:
-    """Only plain event jobs: no success callback, no dependents, no repeats (enqueue_events
-    makes none), so finishing them needs nothing beyond what `_finish_batch` writes."""
+    """Only plain event jobs: a result kept for a while, no success callback, no dependents,
+    no repeats (enqueue_events makes none), so finishing them needs nothing beyond what
+    `_finish_batch` writes."""
     return (
         job.func_name == PROCESS_EVENT
+        and job.result_ttl is not None
+        and job.result_ttl > 0
         and job._success_callback_name is None
         and job.repeats_left is None
         and not job._dependency_ids
@@ -89,6 +94,7 @@ class GatehouseWorker(SimpleWorker):
         # Set by SIGINT/SIGTERM; RQ's own flag stays False when the stop finds it idle.
         self.stop_signalled = False
         self._relay_inline = False
+        self.batch_writes = BatchWrites(self.connection)
 
     @property
     def dequeue_timeout(self) -> int:
@@ -192,22 +198,16 @@ class GatehouseWorker(SimpleWorker):
         return jobs
 
     def _start_batch(self, jobs: list[Job], queue: Queue) -> list[Execution]:
-        """What prepare_execution + prepare_job_execution write per job, in one pipeline."""
-        intermediate = self._uses_intermediate_queue()
-        executions = []
+        """What prepare_execution + prepare_job_execution write per job, in one script call
+        (`batch_writes`) after the worker's own state and heartbeat."""
         with self.connection.pipeline() as pipe:
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
             self.heartbeat(self.worker_ttl + 60, pipeline=pipe)
-            for job in jobs:
-                execution = Execution.create(job, BATCH_TTL, pipeline=pipe, worker_name=self.name)
-                self.executions[execution.id] = execution
-                executions.append(execution)
-                job.heartbeat(now(), BATCH_TTL, pipeline=pipe)
-                job.prepare_for_execution(self.name, pipeline=pipe)
-                pipe.persist(job.key)
-                if intermediate:
-                    pipe.lrem(queue.intermediate_queue_key, 1, job.id)
             pipe.execute()
+        intermediate = queue.intermediate_queue_key if self._uses_intermediate_queue() else None
+        executions = self.batch_writes.start(
+            jobs, self, BATCH_TTL, queue.started_job_registry.key, intermediate
+        )
         self.procline(f"Processing a batch of {len(jobs)} from {queue.name}")
         return executions
 
@@ -252,34 +252,20 @@ class GatehouseWorker(SimpleWorker):
                 results = {}
             done = [(j, e) for j, e in zip(jobs, executions, strict=True) if j.id in results]
             if done:
-                self._finish_batch(done, [results[j.id] for j, _e in done])
+                self._finish_batch(done, [results[j.id] for j, _e in done], queue)
             for job, execution in zip(jobs, executions, strict=True):
                 if job.id not in results:
                     self.perform_job(job, queue, execution)
         self.set_state(WorkerStatus.IDLE)
 
     def _finish_batch(
-        self, done: list[tuple[Job, Execution]], values: list[dict[str, Any]]
+        self, done: list[tuple[Job, Execution]], values: list[dict[str, Any]], queue: Queue
     ) -> None:
-        """What handle_job_success writes per job, in one pipeline (MULTI/EXEC, as RQ's)."""
-        with self.connection.pipeline() as pipe:
-            for (job, execution), value in zip(done, values, strict=True):
-                job.ended_at = now()
-                job._result = value
-                job._status = JobStatus.FINISHED
-                self.increment_successful_job_count(pipeline=pipe)
-                assert job.started_at is not None
-                self.increment_total_working_time(job.ended_at - job.started_at, pipe)
-                result_ttl = job.get_result_ttl(self.default_result_ttl)
-                if result_ttl != 0:
-                    job._handle_success(
-                        result_ttl,
-                        pipeline=pipe,
-                        worker_name=self.name,
-                        execution_id=execution.id,
-                        execution_started_at=execution.created_at,
-                        execution_ended_at=job.ended_at,
-                    )
-                job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-                self.cleanup_execution(job, pipeline=pipe, execution=execution)
-            pipe.execute()
+        """What handle_job_success writes per job, in one script call (`batch_writes`)."""
+        self.batch_writes.finish(
+            done,
+            values,
+            self,
+            queue.finished_job_registry.key,
+            queue.started_job_registry.key,
+        )

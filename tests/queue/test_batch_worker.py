@@ -149,6 +149,12 @@ def test_a_batch_leaves_rq_structures_as_stock_rq_leaves_them(app: Flask) -> Non
     queue = get_queue(app)
     stock_id, batch_id = broken_event(tag="101"), broken_event(tag="102")
 
+    # Keys RQ expires along with a finished job, made to exist so their expiry shows.
+    dependents = {i: Job.dependents_key_for(i) for i in (stock_id, batch_id)}
+    dependencies = {i: Job(i, connection=client).dependencies_key for i in (stock_id, batch_id)}
+    for key in (*dependents.values(), *dependencies.values()):
+        client.sadd(key, "nothing")
+
     assert enqueue_events([stock_id])
     stock = SimpleWorker([queue], connection=client)
     with app.app_context():
@@ -167,6 +173,9 @@ def test_a_batch_leaves_rq_structures_as_stock_rq_leaves_them(app: Flask) -> Non
     # The same expiry (the job's result_ttl) on the job hash and the result stream.
     assert abs(client.ttl(f"rq:job:{stock_id}") - client.ttl(f"rq:job:{batch_id}")) <= 2
     assert abs(client.ttl(Result.get_key(stock_id)) - client.ttl(Result.get_key(batch_id))) <= 2
+    for keys in (dependents, dependencies):
+        assert client.ttl(keys[batch_id]) > 0
+        assert abs(client.ttl(keys[stock_id]) - client.ttl(keys[batch_id])) <= 2
 
     # RQ's own readers see the same thing.
     for job_id in (stock_id, batch_id):
@@ -188,6 +197,87 @@ def test_a_batch_leaves_rq_structures_as_stock_rq_leaves_them(app: Flask) -> Non
     for name in (stock.key, batch.key):
         assert int(client.hget(name, "successful_job_count") or 0) == 1
         assert float(client.hget(name, "total_working_time") or 0) > 0
+
+
+def _started(client: Any, worker: SimpleWorker, job_id: str) -> dict[str, Any]:
+    """Everything RQ keeps about a started job, with each expiry as seconds from now."""
+    queue_key = get_queue().started_job_registry.key
+    entries = [m.decode() for m in client.zrange(queue_key, 0, -1)]
+    [composite] = [m for m in entries if m.startswith(job_id)]
+    execution_id = composite.split(":", 1)[1]
+    execution_key = f"rq:execution:{composite}"
+    index_key = f"rq:executions:{job_id}"
+    execution = {k.decode(): v.decode() for k, v in client.hgetall(execution_key).items()}
+    return {
+        "job": _job_hash(client, job_id),
+        "job_ttl": client.ttl(f"rq:job:{job_id}"),
+        "execution": execution,
+        "execution_ttl": client.ttl(execution_key),
+        "wip_expires_in": client.zscore(queue_key, composite) - current_timestamp(),
+        "index": [m.decode() for m in client.zrange(index_key, 0, -1)],
+        "index_expires_in": client.zscore(index_key, execution_id) - current_timestamp(),
+        "index_ttl": client.ttl(index_key),
+        "in_worker_set": client.sismember(worker.executions_key, composite),
+        "worker_set_ttl": client.ttl(worker.executions_key),
+        "execution_id": execution_id,
+    }
+
+
+def test_a_started_batch_leaves_rq_structures_as_stock_rq_leaves_them(app: Flask) -> None:
+    """What a SIGKILL leaves, and what RQ's cleanup and readers then go by: the same keys,
+    fields and values as RQ's own prepare_execution + prepare_job_execution, except that a
+    batch's execution lives BATCH_TTL (heartbeats extend it) where stock RQ's lives for the
+    job's timeout plus a minute."""
+    client = redis_client.get(app)
+    queue = get_queue(app)
+    stock_id, batch_id = broken_event(tag="101"), broken_event(tag="102")
+    assert enqueue_events([stock_id, batch_id])
+    for job_id in (stock_id, batch_id):
+        client.expire(f"rq:job:{job_id}", 3600)  # a running job's hash must not expire
+    stock = SimpleWorker([queue], connection=client)
+    batch = GatehouseWorker(app, batch_size=10)
+    with app.app_context():
+        for worker in (stock, batch):
+            worker.register_birth()
+        taken = queue.dequeue_any([queue], None, connection=client)
+        assert taken is not None and taken[0].id == stock_id
+        stock.prepare_execution(taken[0])
+        stock.prepare_job_execution(taken[0], remove_from_intermediate_queue=True)
+        taken = queue.dequeue_any([queue], None, connection=client)
+        assert taken is not None and taken[0].id == batch_id
+        [execution] = batch._start_batch([taken[0]], queue)
+
+    a, b = _started(client, stock, stock_id), _started(client, batch, batch_id)
+    assert set(a["job"]) == set(b["job"])
+    assert {k: v for k, v in a["job"].items() if k not in VARYING} == {
+        k: v for k, v in b["job"].items() if k not in VARYING
+    }
+    assert b["job"]["status"] == b"started" and b["job"]["worker_name"].decode() == batch.name
+    assert b["job"]["started_at"] == b["job"]["last_heartbeat"]
+    assert a["job_ttl"] == b["job_ttl"] == -1  # persisted while it runs
+    assert set(a["execution"]) == set(b["execution"])
+    assert b["execution"]["id"] == b["execution_id"] == execution.id
+    assert b["execution"]["job_id"] == batch_id
+    assert b["execution"]["worker_name"] == batch.name
+    assert float(b["execution"]["created_at"]) == execution.created_at.timestamp()
+    assert b["execution"]["last_heartbeat"] == b["execution"]["created_at"]
+    assert a["index"] == [a["execution_id"]] and b["index"] == [b["execution_id"]]
+    assert a["in_worker_set"] and b["in_worker_set"]
+    # Stock's expiries all follow its heartbeat TTL, the batch's follow BATCH_TTL, alike.
+    ttl = a["execution_ttl"]
+    for started, own in ((a, ttl), (b, BATCH_TTL)):
+        assert own - 2 <= started["execution_ttl"] <= own
+        assert own - 2 <= started["wip_expires_in"] <= own
+        assert own + 58 <= started["index_expires_in"] <= own + 60
+        assert own + 58 <= started["index_ttl"] <= own + 60
+    assert BATCH_TTL + 58 <= b["worker_set_ttl"] <= BATCH_TTL + 60
+    assert client.llen(queue.intermediate_queue_key) == 0
+
+    # RQ's readers see it started, by this worker.
+    job = Job.fetch(batch_id, connection=client)
+    assert job.get_status() == JobStatus.STARTED and job.worker_name == batch.name
+    assert [e.id for e in job.get_executions()] == [execution.id]
+    assert batch_id in queue.started_job_registry.get_job_ids()
 
 
 def test_a_poison_event_in_a_batch_fails_alone(app: Flask) -> None:
