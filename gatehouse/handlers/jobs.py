@@ -87,14 +87,38 @@ def _slugs(source_ids: set[int]) -> dict[int, str]:
     return {sid: slug for sid, slug in rows}
 
 
-def _contact_keys(events: list[Event]) -> list[tuple[str, str]]:
-    keys = []
+# Types whose handler reads the rows of the tags its payload names and no other tag row.
+SINGLE_TAG_TYPES = frozenset({"contact.tag_added", "contact.tag_removed"})
+
+
+def _named_tags(event: Event) -> list[str] | None:
+    """The tags a single-tag event names (as `contact_events._explicit` reads them), or None
+    when the handler may read every tag row of the contact."""
+    if event.type not in SINGLE_TAG_TYPES:
+        return None
+    payload = event.payload
+    tags = payload.get("tags") or [payload.get("tag")]
+    if isinstance(tags, list) and tags and all(isinstance(t, str) for t in tags):
+        return tags
+    return None
+
+
+def _contact_keys(events: list[Event]) -> dict[tuple[str, str], set[str] | None]:
+    """Per contact the batch names: the tags whose rows its events read (None: every row)."""
+    wanted: dict[tuple[str, str], set[str] | None] = {}
     for event in events:
         contact = event.payload.get("contact") if event.type in PRELOADED_TYPES else None
         if isinstance(contact, dict) and isinstance(contact.get("crm"), str):
             if isinstance(contact.get("id"), str):
-                keys.append((contact["crm"], contact["id"]))
-    return keys
+                key = (contact["crm"], contact["id"])
+                tags = _named_tags(event)
+                if key in wanted and wanted[key] is None:
+                    continue
+                if tags is None:
+                    wanted[key] = None
+                else:
+                    wanted[key] = (wanted.get(key) or set()) | set(tags)
+    return wanted
 
 
 def _log_processed(event_id: str, counts: tuple[Any, ...], started: float) -> None:

@@ -5,7 +5,8 @@ this, each event locked its contact, then its member, then read its tag rows and
 four or five statements per event, each flushing the previous event's changes first. With
 it, the batch locks every named contact in one statement and every linked member in
 another (both in id order, so overlapping batches on two workers lock in the same order),
-reads their tag rows and snapshots in two more, and the handlers find them here. Changes
+reads their tag rows (only the named tags' rows for contacts with single-tag events only)
+and snapshots in two more, and the handlers find them here. Changes
 then flush once, at the commit, as a few multi-row statements.
 
 It lives in the session's `info` for the one transaction and is dropped with it: the locks
@@ -17,11 +18,11 @@ without a query (the session's identity map does not hold pending rows).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import ColumnElement, and_, or_, select
 
 from gatehouse.extensions import db
 from gatehouse.models import Contact, ContactTag, Member, TagSnapshot
@@ -33,12 +34,34 @@ KEY = "gatehouse.preloaded"
 class Preloaded:
     contacts: dict[tuple[str, str], Contact] = field(default_factory=dict)
     members: dict[str, Member] = field(default_factory=dict)
-    # contact id -> tag -> row, for every contact whose rows were all loaded (or that is new)
+    # contact id -> tag -> row: every row of the contact (pending ones recorded too), or, for
+    # a contact in `only`, the rows of those tags alone
     tags: dict[int, dict[str, ContactTag]] = field(default_factory=dict)
+    # contact id -> the tags whose rows were loaded, where the batch named single tags only
+    only: dict[int, set[str]] = field(default_factory=dict)
     snapshots: dict[int, TagSnapshot | None] = field(default_factory=dict)
 
-    def complete(self, contact_id: int) -> bool:
-        return contact_id in self.tags
+    def rows_for(self, contact_id: int, tag: str | None = None) -> dict[str, ContactTag] | None:
+        """The loaded rows of this contact if they settle `tag` (all of its tags when None):
+        a tag missing from them has no row. None: they do not, ask the database."""
+        rows = self.tags.get(contact_id)
+        if rows is None:
+            return None
+        only = self.only.get(contact_id)
+        if only is not None and (tag is None or tag not in only):
+            return None
+        return rows
+
+    def load_all(self, contact_id: int) -> dict[str, ContactTag]:
+        """Every row of a contact loaded for some tags only (a snapshot names them all)."""
+        rows = self.tags.setdefault(contact_id, {})
+        # Autoflush first writes the rows this batch added, so the query returns them too.
+        for row in db.session.execute(
+            select(ContactTag).where(ContactTag.contact_id == contact_id)
+        ).scalars():
+            rows[row.tag] = row
+        self.only.pop(contact_id, None)
+        return rows
 
     def add_new_contact(self, crm: str, contact_id: str, contact: Contact) -> None:
         """A contact this transaction created: it has no tag rows and no snapshot yet."""
@@ -53,22 +76,32 @@ def current() -> Preloaded | None:
 
 
 @contextmanager
-def preloaded(keys: Iterable[tuple[str, str]]) -> Iterator[Preloaded]:
-    """Lock and load the contacts named by (crm, contact id), their members, tags, snapshots.
+def preloaded(wanted: Mapping[tuple[str, str], Collection[str] | None]) -> Iterator[Preloaded]:
+    """Lock and load the contacts named by (crm, contact id), their members, snapshots, and
+    tag rows: every row of a contact mapped to None, only the named tags' rows otherwise (a
+    batch of single-tag events reads one row per event, not every tag the contact has).
 
     Only for the transaction the caller commits or rolls back inside this block.
     """
     pre = Preloaded()
-    pairs = sorted(set(keys))
+    pairs = sorted(wanted)
     if pairs:
+        # Two INs, not a row-value IN: SQLite answers `(crm, contact_id) IN (VALUES ...)`
+        # by scanning the whole table. Another CRM's contact with a named id can match
+        # (one CRM per batch is the rule): it is left out here.
         contacts = db.session.execute(
             select(Contact)
-            .where(tuple_(Contact.crm, Contact.contact_id).in_(pairs))
+            .where(
+                Contact.crm.in_(sorted({crm for crm, _id in pairs})),
+                Contact.contact_id.in_(sorted({cid for _crm, cid in pairs})),
+            )
             .order_by(Contact.id)
             .with_for_update()
         ).scalars()
         for contact in contacts:
-            pre.contacts[(contact.crm, contact.contact_id)] = contact
+            key = (contact.crm, contact.contact_id)
+            if key in wanted:
+                pre.contacts[key] = contact
         member_ids = sorted({c.member_id for c in pre.contacts.values() if c.member_id is not None})
         if member_ids:
             members = db.session.execute(
@@ -82,10 +115,25 @@ def preloaded(keys: Iterable[tuple[str, str]]) -> Iterator[Preloaded]:
         if contact_ids:
             pre.tags = {cid: {} for cid in contact_ids}
             pre.snapshots = dict.fromkeys(contact_ids)
-            for row in db.session.execute(
-                select(ContactTag).where(ContactTag.contact_id.in_(contact_ids))
-            ).scalars():
-                pre.tags[row.contact_id][row.tag] = row
+            every = []
+            for key, contact in pre.contacts.items():
+                tags = wanted[key]
+                if tags is None:
+                    every.append(contact.id)
+                else:
+                    pre.only[contact.id] = set(tags)
+            rows: list[ColumnElement[bool]] = []
+            if every:
+                rows.append(ContactTag.contact_id.in_(every))
+            # Per contact its own tags, not a row-value IN (a scan, as above) nor two INs
+            # (every contact's rows of every named tag, each made an object).
+            rows += [
+                and_(ContactTag.contact_id == cid, ContactTag.tag.in_(sorted(tags)))
+                for cid, tags in sorted(pre.only.items())
+            ]
+            if rows:
+                for row in db.session.execute(select(ContactTag).where(or_(*rows))).scalars():
+                    pre.tags[row.contact_id][row.tag] = row
             for snapshot in db.session.execute(
                 select(TagSnapshot).where(TagSnapshot.contact_id.in_(contact_ids))
             ).scalars():

@@ -18,7 +18,11 @@ def apply_snapshot(contact: Contact, tags: list[str], when: Assertion) -> tuple[
     Returns (added, removed) as seen by access. Rows newer than the snapshot are kept.
     """
     pre = preload.current()
-    known_rows = pre.tags.get(contact.id) if pre is not None else None
+    known_rows = None
+    if pre is not None and contact.id in pre.tags:
+        known_rows = pre.rows_for(contact.id)
+        if known_rows is None:
+            known_rows = pre.load_all(contact.id)
     if pre is not None and known_rows is not None:
         snapshot = pre.snapshots.get(contact.id)
     else:
@@ -72,14 +76,14 @@ def apply_snapshot(contact: Contact, tags: list[str], when: Assertion) -> tuple[
 def apply_tag(contact: Contact, tag: str, present: bool, when: Assertion) -> bool:
     """An explicit add or remove; returns True if the tag's presence changed."""
     pre = preload.current()
-    known_rows = pre.tags.get(contact.id) if pre is not None else None
-    if pre is not None and known_rows is not None:
-        # Every row of this contact is loaded (and pending ones recorded): no query.
+    known_rows = pre.rows_for(contact.id, tag) if pre is not None else None
+    if known_rows is not None:
+        # This tag's row is loaded if it exists (and a pending one recorded): no query.
         row = known_rows.get(tag)
     else:
         row = db.session.get(ContactTag, (contact.id, tag))
     if row is None:
-        if pre is not None and known_rows is not None:
+        if pre is not None and contact.id in pre.tags:
             snapshot = pre.snapshots.get(contact.id)
         else:
             snapshot = db.session.get(TagSnapshot, contact.id)
