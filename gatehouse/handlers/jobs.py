@@ -59,11 +59,10 @@ PRELOADED_TYPES = frozenset(
 )
 
 
-def _finish(
-    event: Event, started_at: datetime, slugs: dict[int, str], attempts: list[dict[str, Any]]
-) -> tuple[Any, ...]:
+def _finish(event: Event, started_at: datetime, attempts: list[dict[str, Any]]) -> tuple[Any, ...]:
     """Apply one event in the current transaction; its attempt is added to `attempts`, for
-    the caller to insert in the same transaction."""
+    the caller to insert in the same transaction. Returns the outcome and what the metrics
+    count (with the source's id, for the caller to name)."""
     event.attempts += 1
     outcome = apply_event(event)
     finished_at = event.processed_at or utcnow()
@@ -75,16 +74,26 @@ def _finish(
             "finished_at": finished_at,
         }
     )
-    source = slugs.get(event.source_id) or str(event.source_id)
-    return outcome, (source, event.type, event.status, event.received_at, finished_at)
+    return outcome, (event.source_id, event.type, event.status, event.received_at, finished_at)
 
 
-def _slugs(source_ids: set[int]) -> dict[int, str]:
-    """One query per batch: a per-event lookup was a round trip per event."""
+def _named(finished: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[str, tuple[Any, ...]]]:
+    """The metrics' counts with each source's slug for its id: one query per batch (a
+    per-event lookup was a round trip per event), after the commit, outside the write turn."""
+    source_ids = {counts[0] for _id, counts in finished}
     if not source_ids:
-        return {}
-    rows = db.session.execute(select(Source.id, Source.slug).where(Source.id.in_(source_ids)))
-    return {sid: slug for sid, slug in rows}
+        return finished
+    began = begin_read_only()
+    try:
+        rows = db.session.execute(select(Source.id, Source.slug).where(Source.id.in_(source_ids)))
+        slugs = {sid: slug for sid, slug in rows}
+    finally:
+        if began:
+            db.session.rollback()
+    return [
+        (event_id, (slugs.get(counts[0]) or str(counts[0]), *counts[1:]))
+        for event_id, counts in finished
+    ]
 
 
 # Types whose handler reads the rows of the tags its payload names and no other tag row.
@@ -189,11 +198,10 @@ def process_events(
                 # ends as it did one job at a time.
                 position = {event_id: n for n, event_id in enumerate(event_ids)}
                 events.sort(key=lambda e: (e.contact_key or "", position[e.id]))
-                slugs = _slugs({e.source_id for e in events})
                 attempts: list[dict[str, Any]] = []
                 with preload.preloaded(_contact_keys(events)):
                     for event in events:
-                        outcome, counts = _finish(event, started_at, slugs, attempts)
+                        outcome, counts = _finish(event, started_at, attempts)
                         touched |= outcome.touched
                         finished.append((event.id, counts))
                         results[event.id] = {
@@ -208,6 +216,7 @@ def process_events(
             except BaseException:
                 db.session.rollback()  # before the next worker's turn, not after
                 raise
+        finished = _named(finished)
         for _event, counts in finished:
             metrics.count_finished(*counts)
         # After the commit: a crash here re-runs the jobs, which write the cache again.
