@@ -107,6 +107,11 @@ class GatehouseWorker(SimpleWorker):
 
     def request_stop(self, signum: Any, frame: Any) -> None:
         self.stop_signalled = True
+        # RQ stops an idle worker by raising StopRequested from the signal handler, wherever
+        # the main thread is. In the maintenance's database calls a driver interrupted
+        # mid-query can turn it into a database error, which the maintenance logs and goes
+        # on from: the flag, which RQ's loop reads next, still stops it.
+        self._stop_requested = True
         super().request_stop(signum, frame)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:

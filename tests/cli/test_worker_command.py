@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 from rq import Worker
@@ -43,3 +44,33 @@ def test_worker_command_exits_on_sigterm_while_idle(app: Flask) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_a_stop_lost_inside_the_maintenance_still_stops_the_worker(
+    app: Flask, monkeypatch: Any
+) -> None:
+    """SIGTERM while the first maintenance queries the database: RQ raises StopRequested
+    from the handler there, and if the driver turns it into a database error the
+    maintenance logs it and carries on. The worker must stop before it waits on the queue."""
+    from rq.worker import StopRequested
+
+    from gatehouse.queue import worker as worker_module
+
+    dequeued: list[object] = []
+
+    def maintenance(self: worker_module.GatehouseWorker) -> None:
+        try:
+            self.request_stop(signal.SIGTERM, None)
+        except StopRequested:  # what a swallowing caller does with it
+            pass
+
+    monkeypatch.setattr(worker_module.GatehouseWorker, "run_maintenance_tasks", maintenance)
+    monkeypatch.setattr(
+        worker_module.GatehouseWorker,
+        "dequeue_job_and_maintain_ttl",
+        lambda self, *a, **k: dequeued.append(a),
+    )
+    worker = worker_module.GatehouseWorker(app)
+    worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+    assert worker.stop_signalled
+    assert dequeued == []
