@@ -52,7 +52,7 @@ def test_a_stop_lost_inside_the_maintenance_still_stops_the_worker(
     """SIGTERM while the first maintenance queries the database: RQ raises StopRequested
     from the handler there, and if the driver turns it into a database error the
     maintenance logs it and carries on. The worker must stop before it waits on the queue."""
-    from rq.worker import StopRequested
+    from rq.exceptions import StopRequested
 
     from gatehouse.queue import worker as worker_module
 
