@@ -52,9 +52,12 @@ class Preloaded:
             return None
         return rows
 
-    def load_all(self, contact_id: int) -> dict[str, ContactTag]:
-        """Every row of a contact loaded for some tags only (a snapshot names them all)."""
-        rows = self.tags.setdefault(contact_id, {})
+    def all_rows(self, contact_id: int) -> dict[str, ContactTag]:
+        """Every row of a preloaded contact (a snapshot names them all): those of a contact
+        loaded for some tags only are read first."""
+        rows = self.tags[contact_id]
+        if contact_id not in self.only:
+            return rows
         # Autoflush first writes the rows this batch added, so the query returns them too.
         for row in db.session.execute(
             select(ContactTag).where(ContactTag.contact_id == contact_id)

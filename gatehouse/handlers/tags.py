@@ -18,11 +18,7 @@ def apply_snapshot(contact: Contact, tags: list[str], when: Assertion) -> tuple[
     Returns (added, removed) as seen by access. Rows newer than the snapshot are kept.
     """
     pre = preload.current()
-    known_rows = None
-    if pre is not None and contact.id in pre.tags:
-        known_rows = pre.rows_for(contact.id)
-        if known_rows is None:
-            known_rows = pre.load_all(contact.id)
+    known_rows = pre.all_rows(contact.id) if pre is not None and contact.id in pre.tags else None
     if pre is not None and known_rows is not None:
         snapshot = pre.snapshots.get(contact.id)
     else:
