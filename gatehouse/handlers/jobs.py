@@ -120,13 +120,8 @@ def _contact_keys(events: list[Event]) -> dict[tuple[str, str], set[str] | None]
         if isinstance(contact, dict) and isinstance(contact.get("crm"), str):
             if isinstance(contact.get("id"), str):
                 key = (contact["crm"], contact["id"])
-                tags = _named_tags(event)
-                if key in wanted and wanted[key] is None:
-                    continue
-                if tags is None:
-                    wanted[key] = None
-                else:
-                    wanted[key] = (wanted.get(key) or set()) | set(tags)
+                tags, known = _named_tags(event), wanted.get(key, set())
+                wanted[key] = None if tags is None or known is None else known | set(tags)
     return wanted
 
 
