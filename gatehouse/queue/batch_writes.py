@@ -101,7 +101,7 @@ class BatchWrites:
     """The two scripts, for one worker."""
 
     def __init__(self, connection: redis.Redis) -> None:
-        self.connection = connection
+        # redis-py's Script sends EVALSHA and loads the script on NOSCRIPT (a restarted Redis).
         self._start = connection.register_script(_START)
         self._finish = connection.register_script(_FINISH)
 
@@ -120,6 +120,7 @@ class BatchWrites:
         stamp = utcformat(moment)
         index_ttl = execution_ttl + 60
         worker_name = worker.name
+        second = current_timestamp()
         args: list[Any] = [
             worker_name,
             worker.executions_key,
@@ -130,8 +131,8 @@ class BatchWrites:
             wip_key,
             intermediate_key or "",
             JobStatus.STARTED.value,
-            current_timestamp() + execution_ttl,
-            current_timestamp() + index_ttl,
+            second + execution_ttl,
+            second + index_ttl,
         ]
         executions = []
         for job in jobs:
@@ -150,7 +151,7 @@ class BatchWrites:
                 ExecutionRegistry.key_template.format(job.id),
                 execution.composite_key,
             ]
-        _call(self._start, args)
+        self._start(keys=[], args=args)
         return executions
 
     def finish(
@@ -203,9 +204,4 @@ class BatchWrites:
             wip_key,
             *rows,
         ]
-        _call(self._finish, args)
-
-
-def _call(script: Any, args: list[Any]) -> None:
-    # redis-py's Script sends EVALSHA and loads the script on NOSCRIPT (a restarted Redis).
-    script(keys=[], args=args)
+        self._finish(keys=[], args=args)
