@@ -17,7 +17,7 @@ from sqlalchemy import insert, select
 from gatehouse import metrics
 from gatehouse.access import cache
 from gatehouse.extensions import begin_read_only, db, write_turn
-from gatehouse.handlers import contact_events, preload
+from gatehouse.handlers import contact_events, preload, tag_batch
 from gatehouse.handlers.dispatch import HANDLERS
 from gatehouse.handlers.outcome import Assertion, Outcome, Skip, Unmatched
 from gatehouse.models import Event, EventAttempt, Member, Source, utcnow
@@ -96,22 +96,6 @@ def _named(finished: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[str, tuple
     ]
 
 
-# Types whose handler reads the rows of the tags its payload names and no other tag row.
-SINGLE_TAG_TYPES = frozenset({"contact.tag_added", "contact.tag_removed"})
-
-
-def _named_tags(event: Event) -> list[str] | None:
-    """The tags a single-tag event names (as `contact_events._explicit` reads them), or None
-    when the handler may read every tag row of the contact."""
-    if event.type not in SINGLE_TAG_TYPES:
-        return None
-    payload = event.payload
-    tags = payload.get("tags") or [payload.get("tag")]
-    if isinstance(tags, list) and tags and all(isinstance(t, str) for t in tags):
-        return tags
-    return None
-
-
 def _contact_keys(events: list[Event]) -> dict[tuple[str, str], set[str] | None]:
     """Per contact the batch names: the tags whose rows its events read (None: every row)."""
     wanted: dict[tuple[str, str], set[str] | None] = {}
@@ -120,7 +104,8 @@ def _contact_keys(events: list[Event]) -> dict[tuple[str, str], set[str] | None]
         if isinstance(contact, dict) and isinstance(contact.get("crm"), str):
             if isinstance(contact.get("id"), str):
                 key = (contact["crm"], contact["id"])
-                tags, known = _named_tags(event), wanted.get(key, set())
+                tags = tag_batch.named_tags(event.type, event.payload)
+                known = wanted.get(key, set())
                 wanted[key] = None if tags is None or known is None else known | set(tags)
     return wanted
 
@@ -153,8 +138,42 @@ def process_event(event_id: str) -> dict[str, Any]:
     return results[event_id]
 
 
+def _apply_batch(
+    event_ids: Sequence[str], run_alone: Collection[str], started_at: datetime
+) -> tag_batch.Applied:
+    """Apply the batch through the handlers (HANDLERS), in the current transaction."""
+    applied = tag_batch.Applied(results={}, finished=[], touched=set())
+    events = list(db.session.execute(select(Event).where(Event.id.in_(list(event_ids)))).scalars())
+    found = {event.id for event in events}
+    for event_id in event_ids:
+        if event_id not in found:
+            applied.results[event_id] = {"event": event_id, "status": "missing"}
+    events = [e for e in events if e.type not in run_alone]
+    # Queue order within a contact (a stable sort on the contact only): a profile change
+    # stated in parts (first name, then last name, same instant) ends as it did one job at
+    # a time.
+    position = {event_id: n for n, event_id in enumerate(event_ids)}
+    events.sort(key=lambda e: (e.contact_key or "", position[e.id]))
+    attempts: list[dict[str, Any]] = []
+    with preload.preloaded(_contact_keys(events)):
+        for event in events:
+            outcome, counts = _finish(event, started_at, attempts)
+            applied.touched |= outcome.touched
+            applied.finished.append((event.id, counts))
+            applied.results[event.id] = {
+                "event": event.id,
+                "status": event.status,
+                "members": sorted(outcome.touched),
+            }
+        if attempts:
+            # One statement for the batch's attempts: as ORM objects each was an INSERT of
+            # its own (the ORM reads back every new row's id).
+            db.session.execute(insert(_ATTEMPTS), attempts)
+    return applied
+
+
 def process_events(
-    event_ids: Sequence[str], run_alone: Collection[str] = RUN_ALONE
+    event_ids: Sequence[str], run_alone: Collection[str] = RUN_ALONE, *, lean: bool = True
 ) -> dict[str, dict[str, Any]]:
     """Apply a batch of events in ONE transaction, then write the cache of every touched member
     in one pipeline. Returns each event's result, keyed by id.
@@ -177,37 +196,18 @@ def process_events(
         # moment it is free, where SQLite's own wait sleeps up to 100 ms a step).
         with write_turn(db.engine):
             try:
-                events = list(
-                    db.session.execute(select(Event).where(Event.id.in_(list(event_ids)))).scalars()
-                )
-                found = {event.id for event in events}
-                for event_id in event_ids:
-                    if event_id not in found:
-                        results[event_id] = {"event": event_id, "status": "missing"}
-                events = [e for e in events if e.type not in run_alone]
-                if not events:
+                applied = tag_batch.apply(event_ids, run_alone, started_at) if lean else None
+                if applied is None:
+                    applied = _apply_batch(event_ids, run_alone, started_at)
+                else:
+                    for event_id in event_ids:
+                        missing = {"event": event_id, "status": "missing"}
+                        applied.results.setdefault(event_id, missing)
+                results, finished, touched = applied.results, applied.finished, applied.touched
+                if not finished:
                     db.session.rollback()
                     return results
-                # Queue order within a contact (a stable sort on the contact only): a
-                # profile change stated in parts (first name, then last name, same instant)
-                # ends as it did one job at a time.
-                position = {event_id: n for n, event_id in enumerate(event_ids)}
-                events.sort(key=lambda e: (e.contact_key or "", position[e.id]))
-                attempts: list[dict[str, Any]] = []
-                with preload.preloaded(_contact_keys(events)):
-                    for event in events:
-                        outcome, counts = _finish(event, started_at, attempts)
-                        touched |= outcome.touched
-                        finished.append((event.id, counts))
-                        results[event.id] = {
-                            "event": event.id,
-                            "status": event.status,
-                            "members": sorted(outcome.touched),
-                        }
-                    # One statement for the batch's attempts: as ORM objects each was an
-                    # INSERT of its own (the ORM reads back every new row's id).
-                    db.session.execute(insert(_ATTEMPTS), attempts)
-                    db.session.commit()
+                db.session.commit()
             except BaseException:
                 db.session.rollback()  # before the next worker's turn, not after
                 raise

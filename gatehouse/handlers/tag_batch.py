@@ -1,0 +1,320 @@
+"""A batch made only of single-tag events, applied with a few Core statements.
+
+The common burst is a CRM adding or removing one tag on many contacts (a campaign step, a
+re-sync). Through the ORM (handlers.preload, contact_events, tags.apply_tag) a batch of
+such events cost about 1.6 ms of the worker's CPU per event, nearly all of it the ORM's
+own bookkeeping: the batch's SQL took about a tenth of that. Here the same batch is read
+in four statements, applied to plain values in memory, and written in at most five
+multi-row statements.
+
+It decides exactly as `contact_events.tag_added`/`tag_removed` and `tags.apply_tag` do,
+and `tests/handlers/test_tag_batch.py` holds the two to the same rows and results. What
+it does not know how to do (create a contact, follow a merge alias, update a profile) it
+does not try: `apply` returns None before writing anything, and the caller applies the
+batch the ordinary way, in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, insert, or_, select, update
+
+from gatehouse.extensions import db
+from gatehouse.handlers import contact_events
+from gatehouse.handlers.dispatch import HANDLERS
+from gatehouse.models import Contact, ContactTag, Event, EventAttempt, Member, TagSnapshot, utcnow
+
+# The handlers this module stands in for: where the dispatch maps a type to anything else
+# (a new handler, a test's broken one), the batch goes the ordinary way.
+STANDS_FOR = {
+    "contact.tag_added": contact_events.tag_added,
+    "contact.tag_removed": contact_events.tag_removed,
+}
+SINGLE_TAG_TYPES = frozenset(STANDS_FOR)
+_PROFILE_FIELDS = ("email", "first_name", "last_name")
+
+_EVENTS: Any = Event.__table__
+_CONTACTS: Any = Contact.__table__
+_MEMBERS: Any = Member.__table__
+_TAGS: Any = ContactTag.__table__
+_SNAPSHOTS: Any = TagSnapshot.__table__
+_ATTEMPTS: Any = EventAttempt.__table__
+
+Finished = tuple[int, str, str, datetime, datetime]
+
+
+@dataclass
+class Applied:
+    """What the batch did, in the shapes `jobs.process_events` reports."""
+
+    results: dict[str, dict[str, Any]]
+    finished: list[tuple[str, Finished]]
+    touched: set[str]
+
+
+@dataclass
+class _Row:
+    present: bool
+    at: datetime
+    key: str
+    event_id: str | None
+
+
+def named_tags(event_type: str, payload: Any) -> list[str] | None:
+    """The tags a single-tag event names (as `contact_events._explicit` reads them), or None
+    when it is not one, or names them in a shape the handler would fail on."""
+    if event_type not in SINGLE_TAG_TYPES or not isinstance(payload, dict):
+        return None
+    tags = payload.get("tags") or [payload.get("tag")]
+    if isinstance(tags, list) and tags and all(isinstance(t, str) for t in tags):
+        return tags
+    return None
+
+
+def _plain_contact(payload: dict[str, Any]) -> tuple[str, str] | None:
+    """The (crm, id) of a payload contact that states no profile: its event changes nothing
+    but tags."""
+    contact = payload.get("contact")
+    if not isinstance(contact, dict) or any(contact.get(k) for k in _PROFILE_FIELDS):
+        return None
+    crm, contact_id = contact.get("crm"), contact.get("id")
+    if isinstance(crm, str) and isinstance(contact_id, str):
+        return crm, contact_id
+    return None
+
+
+def _newer(at: datetime, key: str, than_at: datetime | None, than_key: str) -> bool:
+    return than_at is None or (at, key) > (than_at, than_key)
+
+
+def apply(
+    event_ids: Sequence[str], run_alone: Collection[str], started_at: datetime
+) -> Applied | None:
+    """Apply the batch in the current transaction (the caller commits), or return None,
+    having written nothing, when any event of it is not a plain single-tag event on a
+    known, unmerged contact."""
+    session = db.session
+    ev = _EVENTS.c
+    rows = session.execute(
+        select(
+            ev.id,
+            ev.source_id,
+            ev.external_id,
+            ev.type,
+            ev.occurred_at,
+            ev.received_at,
+            ev.payload,
+            ev.attempts,
+            ev.contact_key,
+        ).where(ev.id.in_(list(event_ids)))
+    ).all()
+    if not rows:
+        return None
+    wanted: dict[tuple[str, str], set[str]] = {}
+    plan = []
+    for row in rows:
+        tags = named_tags(row.type, row.payload)
+        key = _plain_contact(row.payload) if tags is not None else None
+        if tags is None or key is None or row.type in run_alone:
+            return None
+        if HANDLERS.get(row.type) is not STANDS_FOR[row.type]:
+            return None
+        wanted.setdefault(key, set()).update(tags)
+        plan.append((row, key, tags))
+
+    # Locked in id order, as handlers.preload does: overlapping batches on two workers
+    # take their row locks in the same order. Two INs, not a row-value IN (see there).
+    c = _CONTACTS.c
+    contacts = {}
+    for contact in session.execute(
+        select(c.id, c.crm, c.contact_id, c.member_id, c.state)
+        .where(
+            c.crm.in_(sorted({crm for crm, _id in wanted})),
+            c.contact_id.in_(sorted({cid for _crm, cid in wanted})),
+        )
+        .order_by(c.id)
+        .with_for_update()
+    ):
+        if (contact.crm, contact.contact_id) in wanted:
+            contacts[(contact.crm, contact.contact_id)] = contact
+    if len(contacts) != len(wanted) or any(x.state == "merged" for x in contacts.values()):
+        return None  # a contact to create or an alias to follow: the ordinary path
+
+    m = _MEMBERS.c
+    member_ids = sorted({x.member_id for x in contacts.values() if x.member_id is not None})
+    versions: dict[str, int] = {}
+    if member_ids:
+        versions = {
+            r.id: r.access_version
+            for r in session.execute(
+                select(m.id, m.access_version)
+                .where(m.id.in_(member_ids))
+                .order_by(m.id)
+                .with_for_update()
+            )
+        }
+    t = _TAGS.c
+    by_id = {contacts[key].id: tags for key, tags in wanted.items()}
+    known: dict[tuple[int, str], _Row] = {
+        (r.contact_id, r.tag): _Row(r.present, r.asserted_at, r.assert_key, r.event_id)
+        for r in session.execute(
+            select(t.contact_id, t.tag, t.present, t.asserted_at, t.assert_key, t.event_id).where(
+                or_(
+                    *(
+                        and_(t.contact_id == cid, t.tag.in_(sorted(tags)))
+                        for cid, tags in sorted(by_id.items())
+                    )
+                )
+            )
+        )
+    }
+    s = _SNAPSHOTS.c
+    snapshots = {
+        r.contact_id: (r.asserted_at, r.assert_key)
+        for r in session.execute(
+            select(s.contact_id, s.asserted_at, s.assert_key).where(s.contact_id.in_(sorted(by_id)))
+        )
+    }
+
+    position = {event_id: n for n, event_id in enumerate(event_ids)}
+    plan.sort(key=lambda p: (p[0].contact_key or "", position[p[0].id]))
+    new: set[tuple[int, str]] = set()
+    dirty: set[tuple[int, str]] = set()
+    bumped: dict[str, int] = {}
+    applied = Applied(results={}, finished=[], touched=set())
+    event_updates = []
+    attempts = []
+    for row, key, tags in plan:
+        contact = contacts[key]
+        present = row.type == "contact.tag_added"
+        at, akey, event_id = row.occurred_at, row.external_id, row.id
+        changed = []
+        for tag in dict.fromkeys(tags):
+            pk = (contact.id, tag)
+            existing = known.get(pk)
+            if existing is None:
+                snapshot = snapshots.get(contact.id)
+                if snapshot is not None and not _newer(at, akey, *snapshot):
+                    continue  # a newer snapshot already asserted this tag absent
+                known[pk] = _Row(present, at, akey, event_id)
+                new.add(pk)
+                if present:
+                    changed.append(tag)
+                continue
+            if not _newer(at, akey, existing.at, existing.key):
+                continue
+            if existing.present != present:
+                changed.append(tag)
+            existing.present, existing.at, existing.key = present, at, akey
+            existing.event_id = event_id
+            dirty.add(pk)
+
+        member_id = contact.member_id
+        touched: list[str] = []
+        changes: list[dict[str, Any]] = []
+        if member_id is not None and changed and contact.state == "live":
+            bumped[member_id] = bumped.get(member_id, versions[member_id]) + 1
+            named = [f"{contact.crm}:{tag}" for tag in sorted(set(changed))]
+            changes.append(
+                {
+                    "what": "tags",
+                    "contact": f"{contact.crm}:{contact.contact_id}",
+                    "added": named if present else [],
+                    "removed": [] if present else named,
+                    "member_id": member_id,
+                }
+            )
+            touched.append(member_id)
+            applied.touched.add(member_id)
+        status, reason = "processed", None
+        if member_id is None:
+            status = "skipped"
+            reason = (
+                f"no member is linked to contact {contact.crm}:{contact.contact_id}; "
+                "its state is kept for when one is"
+            )
+        finished_at = utcnow()
+        number = row.attempts + 1
+        event_updates.append(
+            {
+                "b_id": row.id,
+                "b_status": status,
+                "b_reason": reason,
+                "b_effects": {"members": touched, "changes": changes},
+                "b_processed_at": finished_at,
+                "b_attempts": number,
+                "b_updated_at": finished_at,
+            }
+        )
+        attempts.append(
+            {
+                "event_id": row.id,
+                "number": number,
+                "started_at": started_at,
+                "finished_at": finished_at,
+            }
+        )
+        applied.results[row.id] = {"event": row.id, "status": status, "members": touched}
+        applied.finished.append(
+            (row.id, (row.source_id, row.type, status, row.received_at, finished_at))
+        )
+
+    def tag_values(pk: tuple[int, str]) -> dict[str, Any]:
+        r = known[pk]
+        return {
+            "contact_id": pk[0],
+            "tag": pk[1],
+            "present": r.present,
+            "asserted_at": r.at,
+            "assert_key": r.key,
+            "event_id": r.event_id,
+        }
+
+    if new:
+        session.execute(insert(_TAGS), [tag_values(pk) for pk in sorted(new)])
+    if dirty - new:
+        session.execute(
+            update(_TAGS)
+            .where(t.contact_id == bindparam("b_contact_id"), t.tag == bindparam("b_tag"))
+            .values(
+                present=bindparam("b_present", type_=t.present.type),
+                asserted_at=bindparam("b_asserted_at", type_=t.asserted_at.type),
+                assert_key=bindparam("b_assert_key", type_=t.assert_key.type),
+                event_id=bindparam("b_event_id", type_=t.event_id.type),
+            ),
+            [{f"b_{k}": v for k, v in tag_values(pk).items()} for pk in sorted(dirty - new)],
+        )
+    if bumped:
+        now = utcnow()
+        session.execute(
+            update(_MEMBERS)
+            .where(m.id == bindparam("b_id"))
+            .values(
+                access_version=bindparam("b_version", type_=m.access_version.type),
+                updated_at=bindparam("b_updated_at", type_=m.updated_at.type),
+            ),
+            [
+                {"b_id": mid, "b_version": v, "b_updated_at": now}
+                for mid, v in sorted(bumped.items())
+            ],
+        )
+    session.execute(
+        update(_EVENTS)
+        .where(ev.id == bindparam("b_id"))
+        .values(
+            status=bindparam("b_status", type_=ev.status.type),
+            reason=bindparam("b_reason", type_=ev.reason.type),
+            effects=bindparam("b_effects", type_=ev.effects.type),
+            last_error=None,
+            processed_at=bindparam("b_processed_at", type_=ev.processed_at.type),
+            attempts=bindparam("b_attempts", type_=ev.attempts.type),
+            updated_at=bindparam("b_updated_at", type_=ev.updated_at.type),
+        ),
+        event_updates,
+    )
+    session.execute(insert(_ATTEMPTS), attempts)
+    return applied
