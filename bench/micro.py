@@ -2,6 +2,11 @@
 
     python -m bench.micro                 # ingest and reads, 2,000 requests each
     python -m bench.micro --n 5000 --profile ingest
+    python -m bench.micro --batch 16      # the posted events are then applied in batches
+
+The events the ingest posted (single-tag events) are then applied in-process, half through
+`handlers.tag_batch` and half through the ORM handlers, by `jobs.process_events` in batches
+of `--batch`: CPU per event of each (the cache writes after each batch included).
 
 On a machine shared with other work, wrk figures swing 2x between runs; the time one
 request costs inside the WSGI app is steadier, and it is what the server-side work sets.
@@ -92,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--members", type=int, default=2000)
     parser.add_argument("--profile", default="", help="ingest or reads: print a cProfile")
+    parser.add_argument("--batch", type=int, default=16, help="events per applied batch")
     parser.add_argument("--database-url", default="", help="e.g. postgresql+psycopg://…/bench")
     args = parser.parse_args(argv)
     with Stack() as stack:
@@ -133,7 +139,36 @@ def main(argv: list[str] | None = None) -> int:
         hello_get = timed(hello, reads, 200, False)
         for name, ms, base in (("ingest", ingest, hello_post), ("reads", read, hello_get)):
             print(f"{name:7} {ms:.3f} ms CPU/request; hello {base:.3f} ms; ratio {base / ms:.2f}x")
+        lean, orm = applied(app, args.batch)
+        print(f"apply   {lean:.3f} ms CPU/event lean; ORM {orm:.3f} ms; ratio {orm / lean:.2f}x")
     return 0
+
+
+def applied(app: Any, batch: int) -> tuple[float, float]:
+    """CPU milliseconds per event applied by `jobs.process_events`, lean and through the ORM,
+    each on half of the queued events (alternate batches, so both see the same state)."""
+    from sqlalchemy import select
+
+    from gatehouse.extensions import db
+    from gatehouse.handlers.jobs import process_events
+    from gatehouse.models import Event
+
+    with app.app_context():
+        ids = list(
+            db.session.execute(
+                select(Event.id).where(Event.processed_at.is_(None)).order_by(Event.id)
+            ).scalars()
+        )
+        db.session.remove()
+        took = {True: 0.0, False: 0.0}
+        count = {True: 0, False: 0}
+        for n, start in enumerate(range(0, len(ids), batch)):
+            chunk, lean = ids[start : start + batch], n % 2 == 0
+            began = time.process_time()
+            process_events(chunk, lean=lean)
+            took[lean] += time.process_time() - began
+            count[lean] += len(chunk)
+    return took[True] / count[True] * 1000, took[False] / count[False] * 1000
 
 
 if __name__ == "__main__":

@@ -7,18 +7,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from gatehouse.access.rules import EMPTY_RULES, MemberState, Rules, SubscriptionState
 from gatehouse.extensions import db
 from gatehouse.models import AccessRules, Contact, ContactTag, Member, Subscription
 
+_NEWEST_RULES = select(AccessRules.id).order_by(AccessRules.id.desc()).limit(1)
+
 
 def active_rules() -> Rules:
     """The newest rules version; parsed once per version per process."""
-    row = db.session.execute(
-        select(AccessRules.id).order_by(AccessRules.id.desc()).limit(1)
-    ).scalar_one_or_none()
+    row = db.session.execute(_NEWEST_RULES).scalar_one_or_none()
     if row is None:
         return EMPTY_RULES
     # Per app, not per module: each app (each test's database) numbers its rules from 1.
@@ -41,39 +41,37 @@ class LoadedMember:
     state: MemberState
 
 
+# Built once, with expanding IN parameters: building the clauses each call cost about as
+# much as running them (a worker refreshes its batch's members after every batch).
+_MEMBERS = select(Member.id, Member.access_version, Member.status, Member.all_access).where(
+    Member.id.in_(bindparam("ids", expanding=True))
+)
+_CONTACTS = select(Contact.id, Contact.member_id, Contact.crm).where(
+    Contact.member_id.in_(bindparam("ids", expanding=True)), Contact.state == "live"
+)
+_PRESENT_TAGS = select(ContactTag.contact_id, ContactTag.tag).where(
+    ContactTag.contact_id.in_(bindparam("ids", expanding=True)), ContactTag.present.is_(True)
+)
+_SUBSCRIPTIONS = select(
+    Subscription.member_id, Subscription.product, Subscription.status, Subscription.past_due_since
+).where(Subscription.member_id.in_(bindparam("ids", expanding=True)))
+
+
 def load_states(member_ids: Sequence[str]) -> list[LoadedMember]:
     """Versions are read first: whatever is read after is at least as new as the version."""
     if not member_ids:
         return []
-    members = db.session.execute(
-        select(Member.id, Member.access_version, Member.status, Member.all_access).where(
-            Member.id.in_(member_ids)
-        )
-    ).all()
-    contacts = db.session.execute(
-        select(Contact.id, Contact.member_id, Contact.crm).where(
-            Contact.member_id.in_(member_ids), Contact.state == "live"
-        )
-    ).all()
+    ids = {"ids": list(member_ids)}
+    members = db.session.execute(_MEMBERS, ids).all()
+    contacts = db.session.execute(_CONTACTS, ids).all()
     crm_of: dict[int, tuple[str, str]] = {cid: (str(mid), crm) for cid, mid, crm in contacts}
     tags: dict[str, set[str]] = defaultdict(set)
     if crm_of:
-        for contact_id, tag in db.session.execute(
-            select(ContactTag.contact_id, ContactTag.tag).where(
-                ContactTag.contact_id.in_(list(crm_of)), ContactTag.present.is_(True)
-            )
-        ):
+        for contact_id, tag in db.session.execute(_PRESENT_TAGS, {"ids": list(crm_of)}):
             owner, crm = crm_of[contact_id]
             tags[owner].add(f"{crm}:{tag}")
     subs: dict[str, list[SubscriptionState]] = defaultdict(list)
-    for mid, product, status, since in db.session.execute(
-        select(
-            Subscription.member_id,
-            Subscription.product,
-            Subscription.status,
-            Subscription.past_due_since,
-        ).where(Subscription.member_id.in_(member_ids))
-    ):
+    for mid, product, status, since in db.session.execute(_SUBSCRIPTIONS, ids):
         subs[str(mid)].append(
             SubscriptionState(product=product, status=status, past_due_since=since)
         )

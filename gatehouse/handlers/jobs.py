@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 
 from gatehouse import metrics
 from gatehouse.access import cache
@@ -77,6 +77,11 @@ def _finish(event: Event, started_at: datetime, attempts: list[dict[str, Any]]) 
     return outcome, (event.source_id, event.type, event.status, event.received_at, finished_at)
 
 
+_SOURCE_SLUGS = select(Source.id, Source.slug).where(
+    Source.id.in_(bindparam("ids", expanding=True))
+)
+
+
 def _named(finished: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[str, tuple[Any, ...]]]:
     """The metrics' counts with each source's slug for its id: one query per batch (a
     per-event lookup was a round trip per event), after the commit, outside the write turn."""
@@ -85,7 +90,7 @@ def _named(finished: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[str, tuple
         return finished
     began = begin_read_only()
     try:
-        rows = db.session.execute(select(Source.id, Source.slug).where(Source.id.in_(source_ids)))
+        rows = db.session.execute(_SOURCE_SLUGS, {"ids": sorted(source_ids)})
         slugs = {sid: slug for sid, slug in rows}
     finally:
         if began:

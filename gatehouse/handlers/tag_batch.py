@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from gatehouse.extensions import db
 from gatehouse.handlers import contact_events
@@ -45,6 +45,82 @@ _SNAPSHOTS: Any = TagSnapshot.__table__
 _ATTEMPTS: Any = EventAttempt.__table__
 
 Finished = tuple[int, str, str, datetime, datetime]
+
+# Built once, with expanding IN parameters: building a statement's clauses each time cost
+# more than running it.
+_ev, _c, _m, _t, _s = _EVENTS.c, _CONTACTS.c, _MEMBERS.c, _TAGS.c, _SNAPSHOTS.c
+_SELECT_EVENTS = select(
+    _ev.id,
+    _ev.source_id,
+    _ev.external_id,
+    _ev.type,
+    _ev.occurred_at,
+    _ev.received_at,
+    _ev.payload,
+    _ev.attempts,
+    _ev.contact_key,
+).where(_ev.id.in_(bindparam("ids", expanding=True)))
+# Two INs, not a row-value IN (see handlers.preload); locked in id order, as there, so
+# overlapping batches on two workers take their row locks in the same order.
+_LOCK_CONTACTS = (
+    select(_c.id, _c.crm, _c.contact_id, _c.member_id, _c.state)
+    .where(
+        _c.crm.in_(bindparam("crms", expanding=True)),
+        _c.contact_id.in_(bindparam("contact_ids", expanding=True)),
+    )
+    .order_by(_c.id)
+    .with_for_update()
+)
+_LOCK_MEMBERS = (
+    select(_m.id, _m.access_version)
+    .where(_m.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_m.id)
+    .with_for_update()
+)
+# Every named tag's row of every named contact: a few more rows than the batch names when
+# two contacts share some tag, filtered here, for a statement the same at every size.
+_SELECT_TAGS = select(
+    _t.contact_id, _t.tag, _t.present, _t.asserted_at, _t.assert_key, _t.event_id
+).where(
+    _t.contact_id.in_(bindparam("contact_ids", expanding=True)),
+    _t.tag.in_(bindparam("tags", expanding=True)),
+)
+_SELECT_SNAPSHOTS = select(_s.contact_id, _s.asserted_at, _s.assert_key).where(
+    _s.contact_id.in_(bindparam("contact_ids", expanding=True))
+)
+_INSERT_TAGS = insert(_TAGS)
+_UPDATE_TAGS = (
+    update(_TAGS)
+    .where(_t.contact_id == bindparam("b_contact_id"), _t.tag == bindparam("b_tag"))
+    .values(
+        present=bindparam("b_present", type_=_t.present.type),
+        asserted_at=bindparam("b_asserted_at", type_=_t.asserted_at.type),
+        assert_key=bindparam("b_assert_key", type_=_t.assert_key.type),
+        event_id=bindparam("b_event_id", type_=_t.event_id.type),
+    )
+)
+_UPDATE_MEMBERS = (
+    update(_MEMBERS)
+    .where(_m.id == bindparam("b_id"))
+    .values(
+        access_version=bindparam("b_version", type_=_m.access_version.type),
+        updated_at=bindparam("b_updated_at", type_=_m.updated_at.type),
+    )
+)
+_UPDATE_EVENTS = (
+    update(_EVENTS)
+    .where(_ev.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status", type_=_ev.status.type),
+        reason=bindparam("b_reason", type_=_ev.reason.type),
+        effects=bindparam("b_effects", type_=_ev.effects.type),
+        last_error=None,
+        processed_at=bindparam("b_processed_at", type_=_ev.processed_at.type),
+        attempts=bindparam("b_attempts", type_=_ev.attempts.type),
+        updated_at=bindparam("b_updated_at", type_=_ev.updated_at.type),
+    )
+)
+_INSERT_ATTEMPTS = insert(_ATTEMPTS)
 
 
 @dataclass
@@ -98,20 +174,7 @@ def apply(
     having written nothing, when any event of it is not a plain single-tag event on a
     known, unmerged contact."""
     session = db.session
-    ev = _EVENTS.c
-    rows = session.execute(
-        select(
-            ev.id,
-            ev.source_id,
-            ev.external_id,
-            ev.type,
-            ev.occurred_at,
-            ev.received_at,
-            ev.payload,
-            ev.attempts,
-            ev.contact_key,
-        ).where(ev.id.in_(list(event_ids)))
-    ).all()
+    rows = session.execute(_SELECT_EVENTS, {"ids": list(event_ids)}).all()
     if not rows:
         return None
     wanted: dict[tuple[str, str], set[str]] = {}
@@ -126,58 +189,38 @@ def apply(
         wanted.setdefault(key, set()).update(tags)
         plan.append((row, key, tags))
 
-    # Locked in id order, as handlers.preload does: overlapping batches on two workers
-    # take their row locks in the same order. Two INs, not a row-value IN (see there).
-    c = _CONTACTS.c
     contacts = {}
     for contact in session.execute(
-        select(c.id, c.crm, c.contact_id, c.member_id, c.state)
-        .where(
-            c.crm.in_(sorted({crm for crm, _id in wanted})),
-            c.contact_id.in_(sorted({cid for _crm, cid in wanted})),
-        )
-        .order_by(c.id)
-        .with_for_update()
+        _LOCK_CONTACTS,
+        {
+            "crms": sorted({crm for crm, _id in wanted}),
+            "contact_ids": sorted({cid for _crm, cid in wanted}),
+        },
     ):
         if (contact.crm, contact.contact_id) in wanted:
             contacts[(contact.crm, contact.contact_id)] = contact
     if len(contacts) != len(wanted) or any(x.state == "merged" for x in contacts.values()):
         return None  # a contact to create or an alias to follow: the ordinary path
 
-    m = _MEMBERS.c
     member_ids = sorted({x.member_id for x in contacts.values() if x.member_id is not None})
     versions: dict[str, int] = {}
     if member_ids:
         versions = {
-            r.id: r.access_version
-            for r in session.execute(
-                select(m.id, m.access_version)
-                .where(m.id.in_(member_ids))
-                .order_by(m.id)
-                .with_for_update()
-            )
+            r.id: r.access_version for r in session.execute(_LOCK_MEMBERS, {"ids": member_ids})
         }
-    t = _TAGS.c
     by_id = {contacts[key].id: tags for key, tags in wanted.items()}
+    contact_ids = sorted(by_id)
     known: dict[tuple[int, str], _Row] = {
         (r.contact_id, r.tag): _Row(r.present, r.asserted_at, r.assert_key, r.event_id)
         for r in session.execute(
-            select(t.contact_id, t.tag, t.present, t.asserted_at, t.assert_key, t.event_id).where(
-                or_(
-                    *(
-                        and_(t.contact_id == cid, t.tag.in_(sorted(tags)))
-                        for cid, tags in sorted(by_id.items())
-                    )
-                )
-            )
+            _SELECT_TAGS,
+            {"contact_ids": contact_ids, "tags": sorted(set().union(*by_id.values()))},
         )
+        if r.tag in by_id[r.contact_id]
     }
-    s = _SNAPSHOTS.c
     snapshots = {
         r.contact_id: (r.asserted_at, r.assert_key)
-        for r in session.execute(
-            select(s.contact_id, s.asserted_at, s.assert_key).where(s.contact_id.in_(sorted(by_id)))
-        )
+        for r in session.execute(_SELECT_SNAPSHOTS, {"contact_ids": contact_ids})
     }
 
     position = {event_id: n for n, event_id in enumerate(event_ids)}
@@ -275,46 +318,21 @@ def apply(
         }
 
     if new:
-        session.execute(insert(_TAGS), [tag_values(pk) for pk in sorted(new)])
+        session.execute(_INSERT_TAGS, [tag_values(pk) for pk in sorted(new)])
     if dirty - new:
         session.execute(
-            update(_TAGS)
-            .where(t.contact_id == bindparam("b_contact_id"), t.tag == bindparam("b_tag"))
-            .values(
-                present=bindparam("b_present", type_=t.present.type),
-                asserted_at=bindparam("b_asserted_at", type_=t.asserted_at.type),
-                assert_key=bindparam("b_assert_key", type_=t.assert_key.type),
-                event_id=bindparam("b_event_id", type_=t.event_id.type),
-            ),
+            _UPDATE_TAGS,
             [{f"b_{k}": v for k, v in tag_values(pk).items()} for pk in sorted(dirty - new)],
         )
     if bumped:
         now = utcnow()
         session.execute(
-            update(_MEMBERS)
-            .where(m.id == bindparam("b_id"))
-            .values(
-                access_version=bindparam("b_version", type_=m.access_version.type),
-                updated_at=bindparam("b_updated_at", type_=m.updated_at.type),
-            ),
+            _UPDATE_MEMBERS,
             [
                 {"b_id": mid, "b_version": v, "b_updated_at": now}
                 for mid, v in sorted(bumped.items())
             ],
         )
-    session.execute(
-        update(_EVENTS)
-        .where(ev.id == bindparam("b_id"))
-        .values(
-            status=bindparam("b_status", type_=ev.status.type),
-            reason=bindparam("b_reason", type_=ev.reason.type),
-            effects=bindparam("b_effects", type_=ev.effects.type),
-            last_error=None,
-            processed_at=bindparam("b_processed_at", type_=ev.processed_at.type),
-            attempts=bindparam("b_attempts", type_=ev.attempts.type),
-            updated_at=bindparam("b_updated_at", type_=ev.updated_at.type),
-        ),
-        event_updates,
-    )
-    session.execute(insert(_ATTEMPTS), attempts)
+    session.execute(_UPDATE_EVENTS, event_updates)
+    session.execute(_INSERT_ATTEMPTS, attempts)
     return applied
