@@ -30,12 +30,23 @@ from gatehouse.queue.worker import GatehouseWorker
     help="event jobs taken and applied per transaction [default: 50; 1 = one job at a "
     "time through RQ's own per-job path]",
 )
-def worker(burst: bool, with_scheduler: bool, batch_size: int | None) -> None:
+@click.option(
+    "--linger-ms",
+    type=click.FloatRange(min=0),
+    default=None,
+    envvar="GATEHOUSE_WORKER_LINGER_MS",
+    show_envvar=True,
+    help="how long a batch that is not full waits once for more jobs [default: 10; 0 = "
+    "take what is queued and go]",
+)
+def worker(
+    burst: bool, with_scheduler: bool, batch_size: int | None, linger_ms: float | None
+) -> None:
     """Run a worker on the gatehouse queue, inside the app context."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     level = app.config["GATEHOUSE_LOG_LEVEL"]
     while True:
-        worker = GatehouseWorker(app, batch_size=batch_size)
+        worker = GatehouseWorker(app, batch_size=batch_size, linger_ms=linger_ms)
         worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=level)
         if burst or worker.stop_signalled:
             return

@@ -1,4 +1,4 @@
-"""What RQ writes when a batch of jobs starts and when it finishes, in one script call each.
+"""What RQ writes when a batch of jobs is taken, starts and finishes, in one script call each.
 
 RQ's per-job methods (`Execution.create`, `Job.prepare_for_execution`, `Job._handle_success`,
 `cleanup_execution`, ...) write 12 commands per job when it starts and 14 when it finishes,
@@ -92,6 +92,26 @@ return 1
 """
 
 
+# KEYS: the queue, the intermediate list ("" when RQ does not use one). ARGV: how many.
+# What RQ's dequeue does for one job (LMOVE into the intermediate list, or LPOP), for up to
+# that many, in one call: a pipeline of 49 LMOVEs cost Redis and the worker as much when
+# the queue held two jobs.
+_TAKE = """
+local ids = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local id
+  if KEYS[2] ~= "" then
+    id = redis.call("LMOVE", KEYS[1], KEYS[2], "LEFT", "RIGHT")
+  else
+    id = redis.call("LPOP", KEYS[1])
+  end
+  if not id then break end
+  ids[#ids + 1] = id
+end
+return ids
+"""
+
+
 def _float(moment: datetime) -> str:
     # What redis-py sends for the float RQ passes (`repr`), so the stored text is the same.
     return repr(moment.timestamp())
@@ -104,6 +124,12 @@ class BatchWrites:
         # redis-py's Script sends EVALSHA and loads the script on NOSCRIPT (a restarted Redis).
         self._start = connection.register_script(_START)
         self._finish = connection.register_script(_FINISH)
+        self._take = connection.register_script(_TAKE)
+
+    def take(self, queue_key: str, intermediate_key: str | None, count: int) -> list[str]:
+        """Up to `count` job ids off the queue's head, moved as RQ's dequeue moves one."""
+        ids = self._take(keys=[queue_key, intermediate_key or ""], args=[count])
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in ids]
 
     def start(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -386,3 +387,55 @@ def test_the_batch_heartbeat_keeps_a_long_batch_alive(app: Flask, monkeypatch: A
         after = queue.connection.zscore(key, member)
     assert before is not None and after is not None and after >= before + 1
     assert timedelta(seconds=after - time.time()) <= timedelta(seconds=BATCH_TTL + 1)
+
+
+def test_more_jobs_are_taken_as_rq_dequeue_takes_one(app: Flask) -> None:
+    """Moved to RQ's intermediate list in queue order (RQ's cleanup requeues them from
+    there if the worker dies before it starts them), the rest left queued."""
+    client = redis_client.get(app)
+    queue = get_queue(app)
+    ids = [broken_event(tag=str(n)) for n in range(3)]
+    assert enqueue_events(ids)
+    worker = GatehouseWorker(app, batch_size=10)
+
+    taken = worker._take_more(queue, 2)
+
+    assert [job.id for job in taken] == ids[:2]
+    assert [x.decode() for x in client.lrange(queue.intermediate_queue_key, 0, -1)] == ids[:2]
+    assert queue.get_job_ids() == ids[2:]
+    assert worker._take_more(queue, 5)[0].id == ids[2]
+    assert worker._take_more(queue, 5) == []
+
+
+def test_a_batch_that_is_not_full_waits_once_for_jobs_arriving_meanwhile(app: Flask) -> None:
+    client = redis_client.get(app)
+    queue = get_queue(app)
+    first = broken_event(tag="101")
+    assert enqueue_events([first])
+    late_ids: list[str] = []
+
+    def enqueue_once_the_first_is_taken() -> None:
+        deadline = time.monotonic() + 5
+        while not client.llen(queue.intermediate_queue_key) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.1)  # well after the worker's first look for more, well within 0.5 s
+        with app.app_context():
+            # Stored now, not before: the burst worker relays what is stored before it
+            # dequeues.
+            late_ids.append(broken_event(tag="102"))
+            enqueue_events(late_ids)
+            db.session.remove()
+
+    late = threading.Thread(target=enqueue_once_the_first_is_taken)
+    late.start()
+    worker = GatehouseWorker(app, batch_size=10, linger_ms=500)
+    worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+    late.join()
+
+    attempts = db.session.execute(
+        select(EventAttempt.event_id, EventAttempt.started_at).order_by(EventAttempt.event_id)
+    ).all()
+    assert {event_id for event_id, _ in attempts} == {first, *late_ids}
+    assert len(late_ids) == 1
+    # One batch: one transaction, one start time for both attempts.
+    assert len({started for _, started in attempts}) == 1

@@ -1,0 +1,81 @@
+-- wrk script: send pre-built requests (file format as requests.lua) once each, paced at a
+-- fixed rate, and record when each answer arrived, on the clock Python's perf_counter
+-- reads (CLOCK_MONOTONIC), one line per answer: status \t time \t body.
+-- Arguments: request file, rate (requests/s), output file. One wrk thread: the pacing is
+-- then one schedule for every connection.
+local ffi = require("ffi")
+ffi.cdef [[
+typedef struct { long tv_sec; long tv_nsec; } gh_timespec;
+int clock_gettime(int clk_id, gh_timespec *tp);
+]]
+local ts = ffi.new("gh_timespec")
+local function now()
+  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
+
+local reqs = {}
+local idx = 0
+local slot = 0
+local interval, start, out
+
+function init(args)
+  for line in io.lines(args[1]) do
+    local method, path, hdrs, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
+    local headers = {}
+    for h in string.gmatch(hdrs, "[^\31]+") do
+      local k, v = h:match("^([^:]+): (.*)$")
+      headers[k] = v
+    end
+    if body == "" then body = nil end
+    table.insert(reqs, wrk.format(method, path, headers, body))
+  end
+  interval = 1 / tonumber(args[2])
+  out = io.open(args[3], "w")
+  out:setvbuf("line") -- the run ends with a signal: nothing may wait in a buffer
+  start = now()
+end
+
+-- Called before each request after a connection's first: the wait, in ms, until the next
+-- free slot of the schedule (the first request of each connection goes at once).
+function delay()
+  if idx >= #reqs then return 10000 end -- all sent: the connections idle
+  slot = slot + 1
+  local wait = start + slot * interval - now()
+  if wait <= 0 then return 0 end
+  return math.floor(wait * 1000 + 0.5)
+end
+
+local verified = false
+
+function request()
+  -- wrk calls request() once on the first thread's state before the run, to check it:
+  -- that call gets a request that is never sent, not one of ours.
+  if not verified then
+    verified = true
+    return wrk.format("GET", "/__paced_verify")
+  end
+  idx = idx + 1
+  if idx > #reqs then
+    -- Every request is sent (wrk asks on after a 10 s idle delay): a GET the server answers
+    -- with 404, not recorded. The caller ends the run once it has every answer.
+    return wrk.format("GET", "/__paced_done")
+  end
+  return reqs[idx]
+end
+
+function response(status, headers, body)
+  if status == 404 and idx > #reqs then return end
+  local line = (string.gsub(body or "", "[\r\n]", " ")) -- one answer a line
+  out:write(status, "\t", string.format("%.6f", now()), "\t", line, "\n")
+end
+
+function done(summary, latency, requests)
+  io.write(string.format(
+    '\nWRKJSON {"requests": %d, "duration_us": %d, "status_errors": %d, "connect_errors": %d, '
+    .. '"read_errors": %d, "write_errors": %d, "timeouts": %d, "p50_us": %d, "p99_us": %d, '
+    .. '"mean_us": %.1f, "wrapped_threads": 0}\n',
+    summary.requests, summary.duration, summary.errors.status, summary.errors.connect,
+    summary.errors.read, summary.errors.write, summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99), latency.mean))
+end
