@@ -7,9 +7,13 @@ sweep and the grace recompute) runs every GATEHOUSE_SWEEP_INTERVAL seconds, also
 
 Batches. RQ's own loop dequeues one job (BLMOVE into the queue's intermediate list, as
 stock RQ does). If it is an event job, up to `batch_size - 1` more are moved the same way
-in one round trip, and then the batch goes through the same states RQ's per-job path
-writes, in one script call per step instead of a pipeline per job (`batch_writes`, which
-writes what RQ's own methods write, and is tested against them):
+in one script call; if that leaves the batch short, the worker waits once (`linger`, 10 ms
+by default) and takes again. Until the batch starts, its jobs are in the intermediate list
+exactly as a job RQ has dequeued and not yet started is: if the worker dies there, RQ's
+intermediate-queue cleanup fails them into their retry policy. Then the batch goes through
+the same states RQ's per-job path writes, in one script call per step instead of a pipeline
+per job (`batch_writes`, which writes what RQ's own methods write, and is tested against
+them):
 
 1. started: an Execution per job (StartedJobRegistry entry, execution hash, the worker's
    execution set), the job hash `started` with worker name and heartbeat, the job removed
