@@ -89,36 +89,26 @@ _SELECT_SNAPSHOTS = select(_s.contact_id, _s.asserted_at, _s.assert_key).where(
     _s.contact_id.in_(bindparam("contact_ids", expanding=True))
 )
 _INSERT_TAGS = insert(_TAGS)
-_UPDATE_TAGS = (
-    update(_TAGS)
-    .where(_t.contact_id == bindparam("b_contact_id"), _t.tag == bindparam("b_tag"))
-    .values(
-        present=bindparam("b_present", type_=_t.present.type),
-        asserted_at=bindparam("b_asserted_at", type_=_t.asserted_at.type),
-        assert_key=bindparam("b_assert_key", type_=_t.assert_key.type),
-        event_id=bindparam("b_event_id", type_=_t.event_id.type),
+
+
+def _update_by(table: Any, keys: tuple[str, ...], values: tuple[str, ...]) -> Any:
+    """UPDATE table SET <values> WHERE <keys>, for executemany with `b_<column>` parameters."""
+    c = table.c
+    return (
+        update(table)
+        .where(*(c[k] == bindparam(f"b_{k}") for k in keys))
+        .values({v: bindparam(f"b_{v}", type_=c[v].type) for v in values})
     )
+
+
+_UPDATE_TAGS = _update_by(
+    _TAGS, ("contact_id", "tag"), ("present", "asserted_at", "assert_key", "event_id")
 )
-_UPDATE_MEMBERS = (
-    update(_MEMBERS)
-    .where(_m.id == bindparam("b_id"))
-    .values(
-        access_version=bindparam("b_version", type_=_m.access_version.type),
-        updated_at=bindparam("b_updated_at", type_=_m.updated_at.type),
-    )
-)
-_UPDATE_EVENTS = (
-    update(_EVENTS)
-    .where(_ev.id == bindparam("b_id"))
-    .values(
-        status=bindparam("b_status", type_=_ev.status.type),
-        reason=bindparam("b_reason", type_=_ev.reason.type),
-        effects=bindparam("b_effects", type_=_ev.effects.type),
-        last_error=None,
-        processed_at=bindparam("b_processed_at", type_=_ev.processed_at.type),
-        attempts=bindparam("b_attempts", type_=_ev.attempts.type),
-        updated_at=bindparam("b_updated_at", type_=_ev.updated_at.type),
-    )
+_UPDATE_MEMBERS = _update_by(_MEMBERS, ("id",), ("access_version", "updated_at"))
+_UPDATE_EVENTS = _update_by(
+    _EVENTS,
+    ("id",),
+    ("status", "reason", "effects", "last_error", "processed_at", "attempts", "updated_at"),
 )
 _INSERT_ATTEMPTS = insert(_ATTEMPTS)
 
@@ -288,6 +278,7 @@ def apply(
                 "b_status": status,
                 "b_reason": reason,
                 "b_effects": {"members": touched, "changes": changes},
+                "b_last_error": None,
                 "b_processed_at": finished_at,
                 "b_attempts": number,
                 "b_updated_at": finished_at,
@@ -329,7 +320,7 @@ def apply(
         session.execute(
             _UPDATE_MEMBERS,
             [
-                {"b_id": mid, "b_version": v, "b_updated_at": now}
+                {"b_id": mid, "b_access_version": v, "b_updated_at": now}
                 for mid, v in sorted(bumped.items())
             ],
         )
