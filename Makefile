@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export FLASK_APP := wsgi
 
-.PHONY: run test lint install install-dev migrate chaos bench clean
+.PHONY: run test lint install install-dev migrate chaos bench clean wrk
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,13 @@ lint: install-dev
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-bench: install-dev
+# The benchmark's load generator is Debian's wrk: installed here when it is missing.
+wrk:
+	@command -v wrk >/dev/null || { echo "bench: installing wrk (apt-get)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+
+bench: install-dev wrk
 	$(BIN)/python -m bench.run
 
 chaos: install-dev
