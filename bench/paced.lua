@@ -36,11 +36,12 @@ function init(args)
   start = now()
 end
 
--- Called before each request after a connection's first: the wait, in ms, until the next
--- free slot of the schedule (the first request of each connection goes at once).
+-- Called before every request of a connection (its first included): the wait, in ms,
+-- until the next free slot of the schedule. A connection that finds every slot taken
+-- waits past the end of the run, so nothing but our requests is ever sent.
 function delay()
-  if idx >= #reqs then return 10000 end -- all sent: the connections idle
   slot = slot + 1
+  if slot > #reqs then return 100000000 end
   local wait = start + slot * interval - now()
   if wait <= 0 then return 0 end
   return math.floor(wait * 1000 + 0.5)
@@ -56,16 +57,10 @@ function request()
     return wrk.format("GET", "/__paced_verify")
   end
   idx = idx + 1
-  if idx > #reqs then
-    -- Every request is sent (wrk asks on after a 10 s idle delay): a GET the server answers
-    -- with 404, not recorded. The caller ends the run once it has every answer.
-    return wrk.format("GET", "/__paced_done")
-  end
   return reqs[idx]
 end
 
 function response(status, headers, body)
-  if status == 404 and idx > #reqs then return end
   local line = (string.gsub(body or "", "[\r\n]", " ")) -- one answer a line
   out:write(status, "\t", string.format("%.6f", now()), "\t", line, "\n")
 end

@@ -21,7 +21,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,6 @@ from bench.common import (
     tool,
 )
 from bench.load import (
-    Answer,
     Req,
     WrkResult,
     have_wrk,
@@ -381,18 +379,13 @@ class Bench:
                 not_written += 1
                 continue
             lags.append(max(0.0, written[mid] - answered) * 1000)
-        times = sorted(accepted.values())
-        # Accepted posts a second, from the first answer to the last (plus one interval:
-        # n answers span n - 1 intervals).
-        span = times[-1] - times[0] + 1 / rate if times else 0.0
-        posted = Posted(len(times) / span if span else 0.0, paced.p50_ms, paced.p99_ms)
         self.results["lag"] = {
             "rate": round(rate, 1),
             # What the server took: the lag above only holds at the offered rate if it took
-            # about that many posts a second (8 posting threads wait for each answer).
-            "answered_per_s": round(posted.per_s, 1),
-            "post_p50_ms": round(posted.p50_ms, 1),
-            "post_p99_ms": round(posted.p99_ms, 1),
+            # about that many posts a second (each connection waits for its answer).
+            "answered_per_s": round(answered_per_s(list(accepted.values()), rate), 1),
+            "post_p50_ms": round(paced.p50_ms, 1),
+            "post_p99_ms": round(paced.p99_ms, 1),
             "events": n,
             "p50_ms": round(percentile(lags, 50), 1),
             "p99_ms": round(percentile(lags, 99), 1),
@@ -560,25 +553,12 @@ def _watch_cache_writes(
         results.put(batch)
 
 
-@dataclass
-class Posted:
-    per_s: float
-    p50_ms: float
-    p99_ms: float
-
-
-def answered_rate(answers: Sequence[Answer | None]) -> Posted:
-    """Accepted posts per second from the first send to the last answer, and their latency."""
-    accepted = [a for a in answers if a is not None and a.status == 202]
-    if not accepted:
-        return Posted(0.0, float("nan"), float("nan"))
-    span = max(a.answered for a in accepted) - min(a.sent for a in accepted)
-    took = [(a.answered - a.sent) * 1000 for a in accepted]
-    return Posted(
-        len(accepted) / span if span > 0 else float("inf"),
-        percentile(took, 50),
-        percentile(took, 99),
-    )
+def answered_per_s(answered_at: Sequence[float], rate: float) -> float:
+    """Accepted posts a second: their number over the time from the first answer to the
+    last, plus one interval of the offered rate (n answers span n - 1 intervals)."""
+    if not answered_at:
+        return 0.0
+    return len(answered_at) / (max(answered_at) - min(answered_at) + 1 / rate)
 
 
 def pooled(rounds: list[WrkResult]) -> WrkResult:

@@ -3,15 +3,22 @@ cache writes (`bench.run`). A regression here would move a figure in docs/benchm
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from bench.load import Answer, WrkResult
-from bench.run import CacheWriteWatch, answered_rate, pooled
+from bench.load import WrkResult, have_wrk, post_paced, standard_request
+from bench.run import CacheWriteWatch, answered_per_s, pooled
 from tests.conftest import RedisServer
+
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def wrk(requests: int, seconds: float, p50: float, p99: float) -> WrkResult:
@@ -26,20 +33,55 @@ def test_rounds_pool_into_requests_over_seconds_and_the_median_rounds_percentile
 
 
 def test_the_lag_phase_reports_the_rate_the_server_answered_not_the_rate_offered() -> None:
-    # Four accepted posts over two seconds from the first send to the last answer; a
-    # refused one and one never answered count for nothing.
-    answers = [
-        Answer(202, b"", 10.0, 10.01),
-        Answer(202, b"", 10.5, 10.53),
-        Answer(503, b"", 11.0, 11.9),
-        None,
-        Answer(202, b"", 11.0, 11.05),
-        Answer(202, b"", 11.9, 12.0),
-    ]
-    posted = answered_rate(answers)
-    assert posted.per_s == pytest.approx(2.0)  # 4 / (12.0 - 10.0)
-    assert posted.p50_ms == pytest.approx(50.0)  # of 10, 30, 50, 100 ms
-    assert posted.p99_ms == pytest.approx(100.0)
+    # Four accepted posts, offered at 2 a second: answered over 2.0 s, plus the one interval
+    # (0.5 s) that n answers do not span.
+    assert answered_per_s([10.0, 10.6, 11.1, 12.0], rate=2.0) == pytest.approx(4 / 2.5)
+    assert answered_per_s([], rate=2.0) == 0.0
+
+
+class _Accepting(BaseHTTPRequestHandler):
+    """Answers every POST `202` naming its webhook id, as the receive view names the event."""
+
+    received: list[str] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        msg_id = self.headers["webhook-id"]
+        self.received.append(msg_id)
+        body = json.dumps({"status": "accepted", "events": [msg_id]}).encode() + b"\n"
+        self.send_response(202)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.mark.skipif(not have_wrk(), reason="wrk is not installed (.ci/run installs it)")
+@pytest.mark.timeout(60)
+def test_wrk_paces_every_request_once_and_stamps_each_answer_on_perf_counter(
+    tmp_path: Path,
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Accepting)
+    _Accepting.received = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    reqs = [standard_request("bench", SECRET, f"msg_{i}", {"n": i}) for i in range(60)]
+    try:
+        before = time.perf_counter()
+        paced = post_paced(server.server_address[1], reqs, rate=200, workdir=tmp_path)
+        after = time.perf_counter()
+    finally:
+        server.shutdown()
+
+    sent = [f"msg_{i}" for i in range(60)]
+    assert sorted(_Accepting.received) == sorted(sent)  # each once, the first one too
+    assert sorted(json.loads(body)["events"][0] for _s, _at, body in paced.answers) == sorted(sent)
+    assert {status for status, _at, _body in paced.answers} == {202}
+    times = [at for _status, at, _body in paced.answers]
+    assert before < min(times) and max(times) < after  # the clock the watcher stamps with
+    # Paced at 200/s: 60 posts take about 0.3 s, where 32 connections unpaced take a few ms.
+    assert max(times) - min(times) > 0.2
 
 
 @pytest.fixture
