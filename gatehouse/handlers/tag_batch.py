@@ -4,7 +4,7 @@ The common burst is a CRM adding or removing one tag on many contacts (a campaig
 re-sync). Through the ORM (handlers.preload, contact_events, tags.apply_tag) a batch of
 such events cost about 1.6 ms of the worker's CPU per event, nearly all of it the ORM's
 own bookkeeping: the batch's SQL took about a tenth of that. Here the same batch is read
-in four statements, applied to plain values in memory, and written in at most five
+in five statements, applied to plain values in memory, and written in at most five
 multi-row statements.
 
 It decides exactly as `contact_events.tag_added`/`tag_removed` and `tags.apply_tag` do,
