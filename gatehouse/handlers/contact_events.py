@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from gatehouse.extensions import db
@@ -35,17 +36,33 @@ def _tags_changed(
     if member is None or not (added or removed) or contact.state != "live":
         return
     member.touch()
+    note_tags(outcome, member.id, contact.crm, contact.key, added, removed)
+
+
+def note_tags(
+    outcome: Outcome,
+    member_id: str,
+    crm: str,
+    contact_key: str,
+    added: Iterable[str],
+    removed: Iterable[str],
+) -> None:
+    """The admin's summary of a tag change (also written by `handlers.tag_batch`)."""
     outcome.note(
-        member.id,
+        member_id,
         "tags",
-        contact=contact.key,
-        added=[f"{contact.crm}:{t}" for t in sorted(added)],
-        removed=[f"{contact.crm}:{t}" for t in sorted(removed)],
+        contact=contact_key,
+        added=[f"{crm}:{t}" for t in sorted(added)],
+        removed=[f"{crm}:{t}" for t in sorted(removed)],
     )
 
 
+def no_member_reason(contact_key: str) -> str:
+    return f"no member is linked to contact {contact_key}; its state is kept for when one is"
+
+
 def _no_member(contact: Contact) -> Skip:
-    return Skip(f"no member is linked to contact {contact.key}; its state is kept for when one is")
+    return Skip(no_member_reason(contact.key))
 
 
 def _apply_payload_tags(

@@ -19,7 +19,7 @@ from gatehouse.access import cache
 from gatehouse.extensions import begin_read_only, db, write_turn
 from gatehouse.handlers import contact_events, preload, tag_batch
 from gatehouse.handlers.dispatch import HANDLERS
-from gatehouse.handlers.outcome import Assertion, Outcome, Skip, Unmatched
+from gatehouse.handlers.outcome import Assertion, BatchOutcome, Outcome, Skip, Unmatched
 from gatehouse.models import Event, EventAttempt, Member, Source, utcnow
 
 log = logging.getLogger("gatehouse.handlers")
@@ -145,14 +145,10 @@ def process_event(event_id: str) -> dict[str, Any]:
 
 def _apply_batch(
     event_ids: Sequence[str], run_alone: Collection[str], started_at: datetime
-) -> tag_batch.Applied:
+) -> BatchOutcome:
     """Apply the batch through the handlers (HANDLERS), in the current transaction."""
-    applied = tag_batch.Applied(results={}, finished=[], touched=set())
     events = list(db.session.execute(select(Event).where(Event.id.in_(list(event_ids)))).scalars())
-    found = {event.id for event in events}
-    for event_id in event_ids:
-        if event_id not in found:
-            applied.results[event_id] = {"event": event_id, "status": "missing"}
+    batch = BatchOutcome.of(event_ids, {event.id for event in events})
     events = [e for e in events if e.type not in run_alone]
     # Queue order within a contact (a stable sort on the contact only): a profile change
     # stated in parts (first name, then last name, same instant) ends as it did one job at
@@ -163,18 +159,12 @@ def _apply_batch(
     with preload.preloaded(_contact_keys(events)):
         for event in events:
             outcome, counts = _finish(event, started_at, attempts)
-            applied.touched |= outcome.touched
-            applied.finished.append((event.id, counts))
-            applied.results[event.id] = {
-                "event": event.id,
-                "status": event.status,
-                "members": sorted(outcome.touched),
-            }
+            batch.add(event.id, event.status, counts, outcome.touched)
         if attempts:
             # One statement for the batch's attempts: as ORM objects each was an INSERT of
             # its own (the ORM reads back every new row's id).
             db.session.execute(insert(_ATTEMPTS), attempts)
-    return applied
+    return batch
 
 
 def process_events(
@@ -192,38 +182,32 @@ def process_events(
     """
     started = time.perf_counter()
     started_at = utcnow()
-    results: dict[str, dict[str, Any]] = {}
-    finished: list[tuple[str, tuple[Any, ...]]] = []
-    touched: set[str] = set()
     try:
         # On SQLite, the batch takes its turn at the single write lock with the web inserts,
         # the relay and the other worker (`write_turn`: the kernel wakes the next writer the
         # moment it is free, where SQLite's own wait sleeps up to 100 ms a step).
         with write_turn(db.engine):
             try:
-                applied = tag_batch.apply(event_ids, run_alone, started_at) if lean else None
-                if applied is None:
-                    applied = _apply_batch(event_ids, run_alone, started_at)
-                else:
-                    for event_id in event_ids:
-                        missing = {"event": event_id, "status": "missing"}
-                        applied.results.setdefault(event_id, missing)
-                results, finished, touched = applied.results, applied.finished, applied.touched
-                if not finished:
+                # The lean path first: it reads before it writes, and steps aside (None)
+                # for any batch it does not handle.
+                batch = tag_batch.apply(event_ids, run_alone, started_at) if lean else None
+                if batch is None:
+                    batch = _apply_batch(event_ids, run_alone, started_at)
+                if not batch.finished:
                     db.session.rollback()
-                    return results
+                    return batch.results
                 db.session.commit()
             except BaseException:
                 db.session.rollback()  # before the next worker's turn, not after
                 raise
-        finished = _named(finished)
+        finished = _named(batch.finished)
         for _event, counts in finished:
             metrics.count_finished(*counts)
         # After the commit: a crash here re-runs the jobs, which write the cache again.
-        if touched:
+        if batch.touched:
             # Read back outside the write turn (a read: `cache.refresh`), so the other
             # writers, web inserts above all, wait only for the batch's writes.
-            cache.refresh(sorted(touched))
+            cache.refresh(sorted(batch.touched))
     except BaseException:
         db.session.rollback()
         raise
@@ -231,7 +215,7 @@ def process_events(
         db.session.remove()
     for event_id, counts in finished:
         _log_processed(event_id, counts, started)
-    return results
+    return batch.results
 
 
 def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: Any) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,3 +50,25 @@ class Outcome:
 
     def effects(self) -> dict[str, Any]:
         return {"members": sorted(self.touched), "changes": self.changes}
+
+
+@dataclass
+class BatchOutcome:
+    """What a batch did, in the shapes `jobs.process_events` reports: each event's result,
+    what the metrics count per finished event, and every member whose cache is to be written."""
+
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    finished: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, event_ids: Sequence[str], found: Collection[str]) -> BatchOutcome:
+        """Begun with the result of each id the database does not have."""
+        return cls(
+            results={i: {"event": i, "status": "missing"} for i in event_ids if i not in found}
+        )
+
+    def add(self, event_id: str, status: str, counts: tuple[Any, ...], touched: set[str]) -> None:
+        self.results[event_id] = {"event": event_id, "status": status, "members": sorted(touched)}
+        self.finished.append((event_id, counts))
+        self.touched |= touched

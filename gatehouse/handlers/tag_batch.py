@@ -25,7 +25,9 @@ from sqlalchemy import bindparam, insert, select, update
 
 from gatehouse.extensions import db
 from gatehouse.handlers import contact_events
+from gatehouse.handlers.contact_events import no_member_reason, note_tags
 from gatehouse.handlers.dispatch import HANDLERS
+from gatehouse.handlers.outcome import Assertion, BatchOutcome, Outcome
 from gatehouse.models import Contact, ContactTag, Event, EventAttempt, Member, TagSnapshot, utcnow
 
 # The handlers this module stands in for: where the dispatch maps a type to anything else
@@ -43,8 +45,6 @@ _MEMBERS: Any = Member.__table__
 _TAGS: Any = ContactTag.__table__
 _SNAPSHOTS: Any = TagSnapshot.__table__
 _ATTEMPTS: Any = EventAttempt.__table__
-
-Finished = tuple[int, str, str, datetime, datetime]
 
 # Built once, with expanding IN parameters: building a statement's clauses each time cost
 # more than running it.
@@ -114,15 +114,6 @@ _INSERT_ATTEMPTS = insert(_ATTEMPTS)
 
 
 @dataclass
-class Applied:
-    """What the batch did, in the shapes `jobs.process_events` reports."""
-
-    results: dict[str, dict[str, Any]]
-    finished: list[tuple[str, Finished]]
-    touched: set[str]
-
-
-@dataclass
 class _Row:
     present: bool
     at: datetime
@@ -153,13 +144,9 @@ def _plain_contact(payload: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _newer(at: datetime, key: str, than_at: datetime | None, than_key: str) -> bool:
-    return than_at is None or (at, key) > (than_at, than_key)
-
-
 def apply(
     event_ids: Sequence[str], run_alone: Collection[str], started_at: datetime
-) -> Applied | None:
+) -> BatchOutcome | None:
     """Apply the batch in the current transaction (the caller commits), or return None,
     having written nothing, when any event of it is not a plain single-tag event on a
     known, unmerged contact."""
@@ -218,58 +205,45 @@ def apply(
     new: set[tuple[int, str]] = set()
     dirty: set[tuple[int, str]] = set()
     bumped: dict[str, int] = {}
-    applied = Applied(results={}, finished=[], touched=set())
+    batch = BatchOutcome.of(event_ids, {row.id for row, _key, _tags in plan})
     event_updates = []
     attempts = []
     for row, key, tags in plan:
         contact = contacts[key]
         present = row.type == "contact.tag_added"
-        at, akey, event_id = row.occurred_at, row.external_id, row.id
-        changed = []
-        for tag in dict.fromkeys(tags):
+        when = Assertion(at=row.occurred_at, key=row.external_id, event_id=row.id)
+        changed = set()
+        for tag in dict.fromkeys(tags):  # as `tags.apply_tag` decides, on plain values
             pk = (contact.id, tag)
             existing = known.get(pk)
             if existing is None:
                 snapshot = snapshots.get(contact.id)
-                if snapshot is not None and not _newer(at, akey, *snapshot):
+                if snapshot is not None and not when.newer_than(*snapshot):
                     continue  # a newer snapshot already asserted this tag absent
-                known[pk] = _Row(present, at, akey, event_id)
+                known[pk] = _Row(present, when.at, when.key, when.event_id)
                 new.add(pk)
                 if present:
-                    changed.append(tag)
+                    changed.add(tag)
                 continue
-            if not _newer(at, akey, existing.at, existing.key):
+            if not when.newer_than(existing.at, existing.key):
                 continue
             if existing.present != present:
-                changed.append(tag)
-            existing.present, existing.at, existing.key = present, at, akey
-            existing.event_id = event_id
+                changed.add(tag)
+            existing.present, existing.at, existing.key = present, when.at, when.key
+            existing.event_id = when.event_id
             dirty.add(pk)
 
+        # As `contact_events._explicit` and `_tags_changed` record it.
+        outcome = Outcome()
         member_id = contact.member_id
-        touched: list[str] = []
-        changes: list[dict[str, Any]] = []
+        contact_key = f"{contact.crm}:{contact.contact_id}"
         if member_id is not None and changed and contact.state == "live":
             bumped[member_id] = bumped.get(member_id, versions[member_id]) + 1
-            named = [f"{contact.crm}:{tag}" for tag in sorted(set(changed))]
-            changes.append(
-                {
-                    "what": "tags",
-                    "contact": f"{contact.crm}:{contact.contact_id}",
-                    "added": named if present else [],
-                    "removed": [] if present else named,
-                    "member_id": member_id,
-                }
-            )
-            touched.append(member_id)
-            applied.touched.add(member_id)
+            added, removed = (changed, set()) if present else (set(), changed)
+            note_tags(outcome, member_id, contact.crm, contact_key, added, removed)
         status, reason = "processed", None
         if member_id is None:
-            status = "skipped"
-            reason = (
-                f"no member is linked to contact {contact.crm}:{contact.contact_id}; "
-                "its state is kept for when one is"
-            )
+            status, reason = "skipped", no_member_reason(contact_key)
         finished_at = utcnow()
         number = row.attempts + 1
         event_updates.append(
@@ -277,7 +251,7 @@ def apply(
                 "b_id": row.id,
                 "b_status": status,
                 "b_reason": reason,
-                "b_effects": {"members": touched, "changes": changes},
+                "b_effects": outcome.effects(),
                 "b_last_error": None,
                 "b_processed_at": finished_at,
                 "b_attempts": number,
@@ -292,10 +266,8 @@ def apply(
                 "finished_at": finished_at,
             }
         )
-        applied.results[row.id] = {"event": row.id, "status": status, "members": touched}
-        applied.finished.append(
-            (row.id, (row.source_id, row.type, status, row.received_at, finished_at))
-        )
+        counts = (row.source_id, row.type, status, row.received_at, finished_at)
+        batch.add(row.id, status, counts, outcome.touched)
 
     def tag_values(pk: tuple[int, str]) -> dict[str, Any]:
         r = known[pk]
@@ -326,4 +298,4 @@ def apply(
         )
     session.execute(_UPDATE_EVENTS, event_updates)
     session.execute(_INSERT_ATTEMPTS, attempts)
-    return applied
+    return batch

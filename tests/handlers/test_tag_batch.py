@@ -23,6 +23,7 @@ from sqlalchemy import delete, select
 from gatehouse.extensions import db
 from gatehouse.handlers import dispatch, tag_batch
 from gatehouse.handlers.jobs import process_events
+from gatehouse.handlers.outcome import BatchOutcome
 from gatehouse.models import (
     Contact,
     ContactTag,
@@ -255,7 +256,7 @@ def lean_runs(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     runs: list[bool] = []
     apply = tag_batch.apply
 
-    def spy(*args: Any, **kwargs: Any) -> tag_batch.Applied | None:
+    def spy(*args: Any, **kwargs: Any) -> BatchOutcome | None:
         applied = apply(*args, **kwargs)
         runs.append(applied is not None)
         return applied
@@ -310,10 +311,12 @@ def scenario_with(**payload: Any) -> list[str]:
 def test_the_lean_path_steps_aside_for_what_it_does_not_handle(
     app: Flask, lean_runs: list[bool], monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    ids = scenario_with()
-    if case == "unknown contact":
-        ids = scenario_with(contact={"crm": "keap", "id": "new"})
-    elif case == "merged contact":
+    contact_as_sent = {
+        "unknown contact": {"crm": "keap", "id": "new"},
+        "profile stated": {"crm": "keap", "id": "c0", "email": "new@example.com"},
+    }
+    ids = scenario_with(**({"contact": contact_as_sent[case]} if case in contact_as_sent else {}))
+    if case == "merged contact":
         survivor = Contact(id=FIRST_CONTACT + 50, crm="keap", contact_id="survivor")
         db.session.add(survivor)
         db.session.flush()
@@ -321,8 +324,6 @@ def test_the_lean_path_steps_aside_for_what_it_does_not_handle(
         assert merged is not None
         merged.state, merged.merged_into_id = "merged", survivor.id
         db.session.commit()
-    elif case == "profile stated":
-        ids = scenario_with(contact={"crm": "keap", "id": "c0", "email": "new@example.com"})
     elif case == "mixed batch":
         db.session.add(
             Event(
@@ -358,3 +359,16 @@ def test_the_lean_path_steps_aside_for_what_it_does_not_handle(
     if case == "profile stated":
         contact = db.session.get(Contact, FIRST_CONTACT)
         assert contact is not None and contact.email == "new@example.com"
+
+
+def test_an_id_the_database_lacks_is_reported_missing_beside_a_lean_batch(
+    app: Flask, lean_runs: list[bool]
+) -> None:
+    ids = scenario_with()
+    gone = "0" * 26
+
+    results = process_events([*ids, gone])
+
+    assert lean_runs == [True]
+    assert results[gone] == {"event": gone, "status": "missing"}
+    assert results[ids[0]] == {"event": ids[0], "status": "processed", "members": ["member0"]}
