@@ -25,7 +25,7 @@ import redis
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.results import Result
-from rq.utils import current_timestamp, now, utcformat
+from rq.utils import as_text, current_timestamp, now, utcformat
 from rq.worker import BaseWorker
 
 # ARGV: the worker's name and its executions key, the execution TTL (the wip registry's
@@ -129,7 +129,7 @@ class BatchWrites:
     def take(self, queue_key: str, intermediate_key: str | None, count: int) -> list[str]:
         """Up to `count` job ids off the queue's head, moved as RQ's dequeue moves one."""
         ids = self._take(keys=[queue_key, intermediate_key or ""], args=[count])
-        return [x.decode() if isinstance(x, bytes) else str(x) for x in ids]
+        return [as_text(x) for x in ids]
 
     def start(
         self,
