@@ -9,6 +9,8 @@ typedef struct { long tv_sec; long tv_nsec; } gh_timespec;
 int clock_gettime(int clk_id, gh_timespec *tp);
 ]]
 local ts = ffi.new("gh_timespec")
+-- This script's directory: the shared reader sits next to it.
+local read_requests = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "request_file.lua")
 local function now()
   ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
   return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
@@ -20,16 +22,7 @@ local slot = 0
 local interval, start, out
 
 function init(args)
-  for line in io.lines(args[1]) do
-    local method, path, hdrs, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
-    local headers = {}
-    for h in string.gmatch(hdrs, "[^\31]+") do
-      local k, v = h:match("^([^:]+): (.*)$")
-      headers[k] = v
-    end
-    if body == "" then body = nil end
-    table.insert(reqs, wrk.format(method, path, headers, body))
-  end
+  reqs = read_requests(args[1], function(_) return true end)
   interval = 1 / tonumber(args[2])
   out = io.open(args[3], "w")
   out:setvbuf("line") -- the run ends with a signal: nothing may wait in a buffer

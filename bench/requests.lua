@@ -1,6 +1,8 @@
 -- wrk script: replay pre-built requests (pre-signed: HMAC signing in Lua is impractical).
--- File format, one request a line: METHOD \t PATH \t header\x1fheader... \t BODY
+-- The request file: see request_file.lua, which reads it.
 -- Thread k sends lines k, k+n, k+2n, ...; `wrapped` counts threads that ran out and cycled.
+-- This script's directory: the shared reader sits next to it.
+local read_requests = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "request_file.lua")
 local counter = 0
 local threads = {}
 
@@ -15,22 +17,8 @@ local reqs = {}
 local idx = 0
 
 function init(args)
-  local file = args[1]
   local nthreads = tonumber(args[2])
-  local n = 0
-  for line in io.lines(file) do
-    if n % nthreads == tid then
-      local method, path, hdrs, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
-      local headers = {}
-      for h in string.gmatch(hdrs, "[^\31]+") do
-        local k, v = h:match("^([^:]+): (.*)$")
-        headers[k] = v
-      end
-      if body == "" then body = nil end
-      table.insert(reqs, wrk.format(method, path, headers, body))
-    end
-    n = n + 1
-  end
+  reqs = read_requests(args[1], function(n) return n % nthreads == tid end)
 end
 
 function request()
