@@ -137,6 +137,22 @@ def tag_removed(event: Event, when: Assertion, outcome: Outcome) -> None:
     _explicit(event, when, outcome, False)
 
 
+# The single-tag handlers: `handlers.tag_batch` applies a batch of their events without the
+# ORM, exactly as they would, while the dispatch maps their types to them.
+SINGLE_TAG_HANDLERS = {"contact.tag_added": tag_added, "contact.tag_removed": tag_removed}
+
+
+def named_tags(event_type: str, payload: Any) -> list[str] | None:
+    """The tags a single-tag event names (as `_explicit` reads them), or None when it is not
+    one, or names them in a shape `_explicit` would fail on."""
+    if event_type not in SINGLE_TAG_HANDLERS or not isinstance(payload, dict):
+        return None
+    tags = payload.get("tags") or [payload.get("tag")]
+    if isinstance(tags, list) and tags and all(isinstance(t, str) for t in tags):
+        return tags
+    return None
+
+
 def revoked(event: Event, when: Assertion, outcome: Outcome) -> None:
     contact, member = _open(event, when)
     if when.newer_than(contact.revoked_at, contact.revoked_key):

@@ -77,9 +77,14 @@ def lock_member(member_id: str | None) -> Member | None:
     ).scalar_one_or_none()
 
 
+# What an event may state of a contact's profile (`handlers.tag_batch` leaves events that do
+# to the handlers).
+PROFILE_FIELDS = ("email", "first_name", "last_name")
+
+
 def apply_profile(contact: Contact, data: dict[str, Any], when: Assertion) -> bool:
     """Email and name follow the newest event that states them."""
-    fields = {k: data.get(k) for k in ("email", "first_name", "last_name") if data.get(k)}
+    fields = {k: data.get(k) for k in PROFILE_FIELDS if data.get(k)}
     if not fields or not when.newer_than(contact.profile_at, contact.profile_key):
         return False
     changed = any(getattr(contact, k) != v for k, v in fields.items())

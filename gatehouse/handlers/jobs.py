@@ -109,7 +109,7 @@ def _contact_keys(events: list[Event]) -> dict[tuple[str, str], set[str] | None]
         if isinstance(contact, dict) and isinstance(contact.get("crm"), str):
             if isinstance(contact.get("id"), str):
                 key = (contact["crm"], contact["id"])
-                tags = tag_batch.named_tags(event.type, event.payload)
+                tags = contact_events.named_tags(event.type, event.payload)
                 known = wanted.get(key, set())
                 wanted[key] = None if tags is None or known is None else known | set(tags)
     return wanted

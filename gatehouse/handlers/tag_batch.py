@@ -26,18 +26,10 @@ from sqlalchemy import bindparam, insert, select, update
 from gatehouse.extensions import db
 from gatehouse.handlers import contact_events
 from gatehouse.handlers.contact_events import no_member_reason, note_tags
+from gatehouse.handlers.contacts import PROFILE_FIELDS
 from gatehouse.handlers.dispatch import HANDLERS
 from gatehouse.handlers.outcome import Assertion, BatchOutcome, Outcome
 from gatehouse.models import Contact, ContactTag, Event, EventAttempt, Member, TagSnapshot, utcnow
-
-# The handlers this module stands in for: where the dispatch maps a type to anything else
-# (a new handler, a test's broken one), the batch goes the ordinary way.
-STANDS_FOR = {
-    "contact.tag_added": contact_events.tag_added,
-    "contact.tag_removed": contact_events.tag_removed,
-}
-SINGLE_TAG_TYPES = frozenset(STANDS_FOR)
-_PROFILE_FIELDS = ("email", "first_name", "last_name")
 
 _EVENTS: Any = Event.__table__
 _CONTACTS: Any = Contact.__table__
@@ -121,22 +113,11 @@ class _Row:
     event_id: str | None
 
 
-def named_tags(event_type: str, payload: Any) -> list[str] | None:
-    """The tags a single-tag event names (as `contact_events._explicit` reads them), or None
-    when it is not one, or names them in a shape the handler would fail on."""
-    if event_type not in SINGLE_TAG_TYPES or not isinstance(payload, dict):
-        return None
-    tags = payload.get("tags") or [payload.get("tag")]
-    if isinstance(tags, list) and tags and all(isinstance(t, str) for t in tags):
-        return tags
-    return None
-
-
 def _plain_contact(payload: dict[str, Any]) -> tuple[str, str] | None:
     """The (crm, id) of a payload contact that states no profile: its event changes nothing
     but tags."""
     contact = payload.get("contact")
-    if not isinstance(contact, dict) or any(contact.get(k) for k in _PROFILE_FIELDS):
+    if not isinstance(contact, dict) or any(contact.get(k) for k in PROFILE_FIELDS):
         return None
     crm, contact_id = contact.get("crm"), contact.get("id")
     if isinstance(crm, str) and isinstance(contact_id, str):
@@ -157,12 +138,12 @@ def apply(
     wanted: dict[tuple[str, str], set[str]] = {}
     plan = []
     for row in rows:
-        tags = named_tags(row.type, row.payload)
+        tags = contact_events.named_tags(row.type, row.payload)
         key = _plain_contact(row.payload) if tags is not None else None
         if tags is None or key is None or row.type in run_alone:
             return None
-        if HANDLERS.get(row.type) is not STANDS_FOR[row.type]:
-            return None
+        if HANDLERS.get(row.type) is not contact_events.SINGLE_TAG_HANDLERS[row.type]:
+            return None  # the dispatch maps the type elsewhere (a new handler, a test's)
         wanted.setdefault(key, set()).update(tags)
         plan.append((row, key, tags))
 
