@@ -74,3 +74,30 @@ def test_a_stop_lost_inside_the_maintenance_still_stops_the_worker(
     worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
     assert worker.stop_signalled
     assert dequeued == []
+
+
+def test_batch_size_and_linger_reach_the_worker_from_options_and_environment(
+    app: Flask, monkeypatch: Any
+) -> None:
+    from gatehouse.cli import worker as worker_cli
+    from gatehouse.queue.worker import GatehouseWorker
+
+    made: list[GatehouseWorker] = []
+
+    class Recorded(GatehouseWorker):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(worker_cli, "GatehouseWorker", Recorded)
+    runner = app.test_cli_runner()
+    burst = ["worker", "--burst", "--without-scheduler"]
+
+    by_option = runner.invoke(args=[*burst, "--batch-size", "7", "--linger-ms", "0"])
+    by_env = runner.invoke(
+        args=burst, env={"GATEHOUSE_WORKER_BATCH": "3", "GATEHOUSE_WORKER_LINGER_MS": "25"}
+    )
+    by_default = runner.invoke(args=burst)
+
+    assert [r.exit_code for r in (by_option, by_env, by_default)] == [0, 0, 0]
+    assert [(w.batch_size, w.linger) for w in made] == [(7, 0.0), (3, 0.025), (50, 0.01)]
