@@ -36,8 +36,8 @@ from gatehouse.queue.worker import GatehouseWorker
     default=None,
     envvar="GATEHOUSE_WORKER_LINGER_MS",
     show_envvar=True,
-    help="how long a batch that is not full waits once for more jobs [default: 10; 0 = "
-    "take what is queued and go]",
+    help="how long a batch that is not full waits once for more jobs, when jobs were "
+    "waiting behind its first [default: 50; 0 = take what is queued and go]",
 )
 def worker(
     burst: bool, with_scheduler: bool, batch_size: int | None, linger_ms: float | None

@@ -7,8 +7,8 @@ sweep and the grace recompute) runs every GATEHOUSE_SWEEP_INTERVAL seconds, also
 
 Batches. RQ's own loop dequeues one job (BLMOVE into the queue's intermediate list, as
 stock RQ does). If it is an event job, up to `batch_size - 1` more are moved the same way
-in one script call; if that leaves the batch short, the worker waits once (`linger`, 10 ms
-by default) and takes again. Until the batch starts, its jobs are in the intermediate list
+in one script call; if that found some but not enough for a full batch, the worker waits
+once (`linger`, 50 ms by default) and takes again; a lone job goes at once. Until the batch starts, its jobs are in the intermediate list
 exactly as a job RQ has dequeued and not yet started is: if the worker dies there, RQ's
 intermediate-queue cleanup fails them into their retry policy. Then the batch goes through
 the same states RQ's per-job path writes, in one script call per step instead of a pipeline
@@ -69,7 +69,7 @@ log = logging.getLogger("gatehouse.queue")
 # The queue never imports the handlers: referenced by import path, like the jobs themselves.
 PROCESS_EVENTS = "gatehouse.handlers.jobs.process_events"
 DEFAULT_BATCH = 50
-DEFAULT_LINGER_MS = 10.0  # at most this much more wait for a batch that is not full
+DEFAULT_LINGER_MS = 50.0  # at most this much more wait for a batch that is not full
 BATCH_TTL = 15  # seconds a batch's StartedJobRegistry entries live without a heartbeat
 HEARTBEAT_EVERY = 5.0
 
@@ -174,11 +174,15 @@ class GatehouseWorker(SimpleWorker):
             super().execute_job(job, queue)
             return
         more = self._take_more(queue, self.batch_size - 1)
-        if self.linger and len(more) < self.batch_size - 1:
-            # A few jobs waiting: wait a moment for more. Each batch costs the worker about
-            # 4 ms of its own (RQ's bookkeeping, the commit, the cache write) whatever its
-            # size, and at a steady few hundred events a second the batches were a few
-            # events each: the fixed part then took more of the machine than the events.
+        if self.linger and 0 < len(more) < self.batch_size - 1:
+            # Jobs were waiting behind this one, not enough for a full batch: events are
+            # streaming in, so wait a moment for more. Each batch costs the worker 3-4 ms
+            # of its own (RQ's bookkeeping, the commit, the cache write) whatever its size,
+            # and on SQLite it holds the write turn that web inserts wait for: about 1 ms
+            # a batch plus 0.1 ms an event. At 1,300 posts/s with a 10 ms wait, batches of
+            # 19 kept web inserts waiting for a third of their time, and the web answered
+            # 0.56-0.70x of the posts offered; with 50 ms, 0.93-0.99x (docs/benchmarks.md).
+            # A lone job (nothing behind it: a quiet site) goes at once.
             time.sleep(self.linger)
             more += self._take_more(queue, self.batch_size - 1 - len(more))
         jobs = [job, *more]

@@ -410,8 +410,9 @@ def test_more_jobs_are_taken_as_rq_dequeue_takes_one(app: Flask) -> None:
 def test_a_batch_that_is_not_full_waits_once_for_jobs_arriving_meanwhile(app: Flask) -> None:
     client = redis_client.get(app)
     queue = get_queue(app)
-    first = broken_event(tag="101")
-    assert enqueue_events([first])
+    # Two queued: a job waited behind the first, so events are streaming in.
+    early = [broken_event(tag="100"), broken_event(tag="101")]
+    assert enqueue_events(early)
     late_ids: list[str] = []
 
     def enqueue_once_the_first_is_taken() -> None:
@@ -435,7 +436,22 @@ def test_a_batch_that_is_not_full_waits_once_for_jobs_arriving_meanwhile(app: Fl
     attempts = db.session.execute(
         select(EventAttempt.event_id, EventAttempt.started_at).order_by(EventAttempt.event_id)
     ).all()
-    assert {event_id for event_id, _ in attempts} == {first, *late_ids}
+    assert {event_id for event_id, _ in attempts} == {*early, *late_ids}
     assert len(late_ids) == 1
-    # One batch: one transaction, one start time for both attempts.
+    # One batch: one transaction, one start time for all three attempts.
     assert len({started for _, started in attempts}) == 1
+
+
+def test_a_lone_job_does_not_wait_for_more(app: Flask) -> None:
+    # Nothing queued behind it (a quiet site): waiting would only delay its member's access.
+    event = broken_event(tag="101")
+    assert enqueue_events([event])
+    worker = GatehouseWorker(app, batch_size=10, linger_ms=3000)
+
+    began = time.monotonic()
+    worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+    took = time.monotonic() - began
+
+    status = db.session.execute(select(Event.status).where(Event.id == event)).scalar_one()
+    assert status in ("processed", "skipped")  # applied, whatever its contact's member
+    assert took < 2.0, f"a lone job waited {took:.2f} s"
