@@ -161,7 +161,7 @@ class Bench:
         # The relay queues what the web stores; workers run one each, but ingest and the
         # processing drains run without workers, so it runs on its own here (its CPU is
         # part of what ingest costs).
-        self.stack.spawn("relay", [tool("flask"), "--app", "wsgi", "relay"], self.env)
+        self.relay = self.stack.spawn("relay", [tool("flask"), "--app", "wsgi", "relay"], self.env)
 
     def ingest(self) -> None:
         """Rounds of hello-world then the app, alternating, on the same load.
@@ -324,6 +324,10 @@ class Bench:
         workers = [start_worker(self.stack, self.env, f"worker-{k}") for k in range(2)]
         for w in workers:
             self.rss.watch("worker", w)
+        # From here on the deployment is the Procfile's, web and workers, each worker
+        # relaying: a third relay, polling and claiming beside theirs, is one no site runs.
+        self.relay.stop()
+        self.stack.forget(self.relay)
         # A backlog left by an earlier phase (ingest without processing) is drained first:
         # its cache writes would otherwise be taken for these events' and its queue be
         # theirs to wait behind.
