@@ -8,9 +8,10 @@ sweep and the grace recompute) runs every GATEHOUSE_SWEEP_INTERVAL seconds, also
 Batches. RQ's own loop dequeues one job (BLMOVE into the queue's intermediate list, as
 stock RQ does). If it is an event job, up to `batch_size - 1` more are moved the same way
 in one script call; if that found some but not enough for a full batch, the worker waits
-once (`linger`, 50 ms by default) and takes again; a lone job goes at once. Until the batch starts, its jobs are in the intermediate list
-exactly as a job RQ has dequeued and not yet started is: if the worker dies there, RQ's
-intermediate-queue cleanup fails them into their retry policy. Then the batch goes through
+once (`linger`, 50 ms by default) and takes again; a lone job goes at once. Until the batch
+starts, its jobs are in the intermediate list exactly as a job RQ has dequeued and not yet
+started is: if the worker dies there, RQ's intermediate-queue cleanup fails them into their
+retry policy. Then the batch goes through
 the same states RQ's per-job path writes, in one script call per step instead of a pipeline
 per job (`batch_writes`, which writes what RQ's own methods write, and is tested against
 them):
