@@ -8,10 +8,10 @@ sweep and the grace recompute) runs every GATEHOUSE_SWEEP_INTERVAL seconds, also
 Batches. RQ's own loop dequeues one job (BLMOVE into the queue's intermediate list, as
 stock RQ does). If it is an event job, up to `batch_size - 1` more are moved the same way
 in one script call; if that found some but not enough for a full batch, the worker waits
-once (`linger`, 60 ms by default) and takes again; a lone job goes at once. Until the batch
-starts, its jobs are in the intermediate list exactly as a job RQ has dequeued and not yet
-started is: if the worker dies there, RQ's intermediate-queue cleanup fails them into their
-retry policy. Then the batch goes through
+until the first job has been queued for `linger` (60 ms by default) and takes again; a lone
+job goes at once. Until the batch starts, its jobs are in the intermediate list exactly as
+a job RQ has dequeued and not yet started is: if the worker dies there, RQ's
+intermediate-queue cleanup fails them into their retry policy. Then the batch goes through
 the same states RQ's per-job path writes, in one script call per step instead of a pipeline
 per job (`batch_writes`, which writes what RQ's own methods write, and is tested against
 them):
@@ -54,7 +54,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import JobTimeoutException
-from rq.utils import get_version, import_attribute
+from rq.utils import get_version, import_attribute, now
 from rq.worker import SimpleWorker, WorkerStatus
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -183,8 +183,13 @@ class GatehouseWorker(SimpleWorker):
             # a batch plus 0.1 ms an event. At 1,300 posts/s with a 10 ms wait, batches of
             # 19 kept web inserts waiting for a third of their time, and the web answered
             # 0.56-0.70x of the posts offered; with 60 ms, 0.95-1.0x (docs/benchmarks.md).
-            # A lone job (nothing behind it: a quiet site) goes at once.
-            time.sleep(self.linger)
+            # A lone job (nothing behind it: a quiet site) goes at once. The wait counts
+            # from the first job's enqueue: time it already spent queued behind the last
+            # batch (on PostgreSQL, where batches take longer) is not waited again, so no
+            # job waits more than `linger` for a batch to fill.
+            queued_for = (now() - job.enqueued_at).total_seconds() if job.enqueued_at else 0.0
+            if queued_for < self.linger:
+                time.sleep(self.linger - max(0.0, queued_for))
             more += self._take_more(queue, self.batch_size - 1 - len(more))
         jobs = [job, *more]
         batch = [j for j in jobs if batchable(j)]

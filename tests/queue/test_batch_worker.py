@@ -14,7 +14,8 @@ import pytest
 from flask import Flask
 from rq.job import Job, JobStatus
 from rq.results import Result
-from rq.utils import current_timestamp
+from rq.utils import current_timestamp, utcformat
+from rq.utils import now as rq_now
 from rq.worker import SimpleWorker
 from sqlalchemy import func, select
 
@@ -440,6 +441,26 @@ def test_a_batch_that_is_not_full_waits_once_for_jobs_arriving_meanwhile(app: Fl
     assert len(late_ids) == 1
     # One batch: one transaction, one start time for all three attempts.
     assert len({started for _, started in attempts}) == 1
+
+
+def test_a_batch_whose_first_job_waited_in_the_queue_does_not_wait_again(app: Flask) -> None:
+    # Two queued (a stream), the first for longer than the linger already: behind a slow
+    # batch, say. Its wait counts from its enqueue, so the batch starts at once.
+    events = [broken_event(tag="100"), broken_event(tag="101")]
+    assert enqueue_events(events)
+    client = redis_client.get(app)
+    first = Job.fetch(get_queue(app).job_ids[0], connection=client)
+    client.hset(first.key, "enqueued_at", utcformat(rq_now() - timedelta(seconds=10)))
+    worker = GatehouseWorker(app, batch_size=10, linger_ms=3000)
+
+    began = time.monotonic()
+    worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+    took = time.monotonic() - began
+
+    attempts = db.session.execute(select(EventAttempt.event_id, EventAttempt.started_at)).all()
+    assert {event_id for event_id, _ in attempts} == set(events)
+    assert len({started for _, started in attempts}) == 1  # one batch
+    assert took < 2.0, f"the batch waited {took:.2f} s more"
 
 
 def test_a_lone_job_does_not_wait_for_more(app: Flask) -> None:
