@@ -37,7 +37,7 @@ from gatehouse.queue.worker import GatehouseWorker
     envvar="GATEHOUSE_WORKER_LINGER_MS",
     show_envvar=True,
     help="how long a batch that is not full waits once for more jobs, when jobs were "
-    "waiting behind its first [default: 60; 0 = take what is queued and go]",
+    "waiting behind its first [default: 80; 0 = take what is queued and go]",
 )
 def worker(
     burst: bool, with_scheduler: bool, batch_size: int | None, linger_ms: float | None

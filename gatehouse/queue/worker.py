@@ -8,7 +8,7 @@ sweep and the grace recompute) runs every GATEHOUSE_SWEEP_INTERVAL seconds, also
 Batches. RQ's own loop dequeues one job (BLMOVE into the queue's intermediate list, as
 stock RQ does). If it is an event job, up to `batch_size - 1` more are moved the same way
 in one script call; if that found some but not enough for a full batch, the worker waits
-until the first job has been queued for `linger` (60 ms by default) and takes again; a lone
+until the first job has been queued for `linger` (80 ms by default) and takes again; a lone
 job goes at once. Until the batch starts, its jobs are in the intermediate list exactly as
 a job RQ has dequeued and not yet started is: if the worker dies there, RQ's
 intermediate-queue cleanup fails them into their retry policy. Then the batch goes through
@@ -70,7 +70,7 @@ log = logging.getLogger("gatehouse.queue")
 # The queue never imports the handlers: referenced by import path, like the jobs themselves.
 PROCESS_EVENTS = "gatehouse.handlers.jobs.process_events"
 DEFAULT_BATCH = 50
-DEFAULT_LINGER_MS = 60.0  # at most this much more wait for a batch that is not full
+DEFAULT_LINGER_MS = 80.0  # at most this much more wait for a batch that is not full
 BATCH_TTL = 15  # seconds a batch's StartedJobRegistry entries live without a heartbeat
 HEARTBEAT_EVERY = 5.0
 
@@ -182,7 +182,7 @@ class GatehouseWorker(SimpleWorker):
             # and on SQLite it holds the write turn that web inserts wait for: about 1 ms
             # a batch plus 0.1 ms an event. At 1,300 posts/s with a 10 ms wait, batches of
             # 19 kept web inserts waiting for a third of their time, and the web answered
-            # 0.56-0.70x of the posts offered; with 60 ms, 0.95-1.0x (docs/benchmarks.md).
+            # 0.56-0.70x of the posts offered; with 60-80 ms, 0.88-1.0x (docs/benchmarks.md).
             # A lone job (nothing behind it: a quiet site) goes at once. The wait counts
             # from the first job's enqueue: time it already spent queued behind the last
             # batch (on PostgreSQL, where batches take longer) is not waited again, so no
