@@ -36,8 +36,8 @@ from gatehouse.queue.worker import GatehouseWorker
     default=None,
     envvar="GATEHOUSE_WORKER_LINGER_MS",
     show_envvar=True,
-    help="how long a batch that is not full waits once for more jobs, when jobs were "
-    "waiting behind its first [default: 80; 0 = take what is queued and go]",
+    help="when jobs wait behind a batch's first but cannot fill it, wait until that first "
+    "job has been queued this long [default: 80; 0 = take what is queued and go]",
 )
 def worker(
     burst: bool, with_scheduler: bool, batch_size: int | None, linger_ms: float | None

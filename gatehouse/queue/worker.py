@@ -70,7 +70,7 @@ log = logging.getLogger("gatehouse.queue")
 # The queue never imports the handlers: referenced by import path, like the jobs themselves.
 PROCESS_EVENTS = "gatehouse.handlers.jobs.process_events"
 DEFAULT_BATCH = 50
-DEFAULT_LINGER_MS = 80.0  # at most this much more wait for a batch that is not full
+DEFAULT_LINGER_MS = 80.0  # a batch that is not full starts once its first job is this old
 BATCH_TTL = 15  # seconds a batch's StartedJobRegistry entries live without a heartbeat
 HEARTBEAT_EVERY = 5.0
 
