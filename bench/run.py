@@ -321,13 +321,7 @@ class Bench:
         max_rate = getattr(self, "ingest_result", None)
         rate = (max_rate.rps if max_rate else self.hello_post.rps * 0.2) / 2
         n = min(len(self.member_ids), int(rate * self.args.seconds))
-        workers = [start_worker(self.stack, self.env, f"worker-{k}") for k in range(2)]
-        for w in workers:
-            self.rss.watch("worker", w)
-        # From here on the deployment is the Procfile's, web and workers, each worker
-        # relaying: a third relay, polling and claiming beside theirs, is one no site runs.
-        self.relay.stop()
-        self.stack.forget(self.relay)
+        self.start_background_workers()
         # A backlog left by an earlier phase (ingest without processing) is drained first:
         # its cache writes would otherwise be taken for these events' and its queue be
         # theirs to wait behind.
@@ -400,7 +394,18 @@ class Bench:
             "answers": {str(k): v for k, v in Counter(a[0] for a in paced.answers).items()},
             "wrk_errors": paced.errors,
         }
-        self.bg_workers = workers
+
+    def start_background_workers(self) -> None:
+        """The Procfile's deployment from here on (lag, rules): web and two workers, each
+        relaying. The standalone relay that ingest and the drains need is stopped: a third
+        relay, polling and claiming beside theirs, is one no site runs."""
+        if getattr(self, "bg_workers", None):
+            return
+        self.bg_workers = [start_worker(self.stack, self.env, f"worker-{k}") for k in range(2)]
+        for w in self.bg_workers:
+            self.rss.watch("worker", w)
+        self.relay.stop()
+        self.stack.forget(self.relay)
 
     def reads(self) -> None:
         with self.app.app_context():
@@ -419,10 +424,7 @@ class Bench:
         if more > 0:
             seed.seed_members(self.app, more, first=len(self.member_ids) + 1)
         seeded_s = time.perf_counter() - t
-        if not getattr(self, "bg_workers", None):
-            self.bg_workers = [start_worker(self.stack, self.env, f"worker-{k}") for k in range(2)]
-            for w in self.bg_workers:
-                self.rss.watch("worker", w)
+        self.start_background_workers()
         rules_file = self.stack.dir / "rules-v2.yaml"
         rules_file.write_text(seed.RULES_V2)
         queue = Queue(QUEUE, connection=self.rclient)
