@@ -420,7 +420,7 @@ def test_a_batch_that_is_not_full_waits_once_for_jobs_arriving_meanwhile(app: Fl
         deadline = time.monotonic() + 5
         while not client.llen(queue.intermediate_queue_key) and time.monotonic() < deadline:
             time.sleep(0.001)
-        time.sleep(0.1)  # well after the worker's first look for more, well within 0.5 s
+        time.sleep(0.1)  # well after the worker's first look for more, well within 3 s
         with app.app_context():
             # Stored now, not before: the burst worker relays what is stored before it
             # dequeues.
@@ -430,7 +430,9 @@ def test_a_batch_that_is_not_full_waits_once_for_jobs_arriving_meanwhile(app: Fl
 
     late = threading.Thread(target=enqueue_once_the_first_is_taken)
     late.start()
-    worker = GatehouseWorker(app, batch_size=10, linger_ms=500)
+    # The wait counts from the first job's enqueue: long enough that the worker's own
+    # start-up on a loaded machine cannot use it up before the late job comes.
+    worker = GatehouseWorker(app, batch_size=10, linger_ms=3000)
     worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
     late.join()
 
