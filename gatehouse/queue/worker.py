@@ -190,7 +190,8 @@ class GatehouseWorker(SimpleWorker):
             queued_for = (now() - job.enqueued_at).total_seconds() if job.enqueued_at else 0.0
             if queued_for < self.linger:
                 time.sleep(self.linger - max(0.0, queued_for))
-            more += self._take_more(queue, self.batch_size - 1 - len(more))
+                # Only after a wait: the take above emptied the queue a moment ago.
+                more += self._take_more(queue, self.batch_size - 1 - len(more))
         jobs = [job, *more]
         batch = [j for j in jobs if batchable(j)]
         others = [j for j in jobs if not batchable(j)]

@@ -454,6 +454,14 @@ def test_a_batch_whose_first_job_waited_in_the_queue_does_not_wait_again(app: Fl
     first = Job.fetch(get_queue(app).job_ids[0], connection=client)
     client.hset(first.key, "enqueued_at", utcformat(rq_now() - timedelta(seconds=10)))
     worker = GatehouseWorker(app, batch_size=10, linger_ms=3000)
+    takes: list[int] = []
+    take = worker.batch_writes.take
+
+    def counted(*args: Any) -> list[str]:
+        takes.append(1)
+        return take(*args)
+
+    worker.batch_writes.take = counted  # type: ignore[method-assign]
 
     began = time.monotonic()
     worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
@@ -463,6 +471,8 @@ def test_a_batch_whose_first_job_waited_in_the_queue_does_not_wait_again(app: Fl
     assert {event_id for event_id, _ in attempts} == set(events)
     assert len({started for _, started in attempts}) == 1  # one batch
     assert took < 2.0, f"the batch waited {took:.2f} s more"
+    # No wait, so no second look: the first take had just emptied the queue.
+    assert len(takes) == 1
 
 
 def test_a_lone_job_does_not_wait_for_more(app: Flask) -> None:
