@@ -33,9 +33,17 @@ from gatehouse.extensions import db
 from gatehouse.fastpath import StartResponse, WSGIApp, json_answer
 from gatehouse.request_log import log_request
 from gatehouse.webhooks.errors import HookError
+from gatehouse.webhooks.inbox import DRIVER_INSERT, DriverInsert
 from gatehouse.webhooks.senders import SENDERS
 from gatehouse.webhooks.source_cache import cached_source
-from gatehouse.webhooks.views import answer, checked_events, inbound_from, log_answer, store
+from gatehouse.webhooks.views import (
+    answer,
+    checked_events,
+    inbound_from,
+    log_answer,
+    store,
+    store_new,
+)
 
 PREFIX = "/hooks/"
 ENDPOINT = "webhooks.receive"
@@ -75,10 +83,18 @@ class HookFastPath:
         inbound = inbound_from(
             Request(environ), body, config["GATEHOUSE_PUBLIC_URL"], sender.signs_url
         )
+        # A gunicorn worker serves each request with no app context active. Once its
+        # first store has made the driver insert, new events need none either: pushing
+        # and popping one (Flask-SQLAlchemy's teardown included) was a twentieth of the
+        # request. A redelivery, or any other case, goes to Flask with nothing written.
+        inserter: DriverInsert | None = self.app.extensions.get(DRIVER_INSERT)
+        in_context = inserter is None or has_app_context()
         # As Flask does for a request: reuse this app's context when one is active (a
         # test, a CLI), so a transaction already open there is the one the store joins.
         context = None
-        if not has_app_context() or current_app._get_current_object() is not self.app:  # type: ignore[attr-defined]
+        if in_context and (
+            not has_app_context() or current_app._get_current_object() is not self.app  # type: ignore[attr-defined]
+        ):
             context = self.app.app_context()
             context.push()
         try:
@@ -89,13 +105,21 @@ class HookFastPath:
             )
             if not events:
                 return None
-            stored = store(source, events, inbound)
+            if inserter is not None and not in_context:
+                found = store_new(inserter, source, events, inbound)
+                if found is None:
+                    return None
+                stored = found
+            else:
+                stored = store(source, events, inbound)
         except (HookError, SQLAlchemyError):
-            db.session.rollback()
+            if in_context:
+                db.session.rollback()
             return None  # the view answers it (and logs the rejection or the failure)
         except Exception:  # noqa: BLE001 - not swallowed: Flask runs the same steps again
             # and answers with its own error handling (a JSON 500, never a stack trace).
-            db.session.rollback()
+            if in_context:
+                db.session.rollback()
             return None
         finally:
             if context is not None:

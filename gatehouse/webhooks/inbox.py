@@ -191,6 +191,15 @@ class DriverInsert:
             return tuple(bound[key] for key in self.positional)
         return bound
 
+    def store_new(
+        self, source: SourceInfo, events: list[CanonicalEvent], headers: dict[str, str]
+    ) -> Stored | None:
+        """Store events that are all new, and commit; None (nothing written) when one of
+        them was stored already."""
+        rows = _rows(source, events, headers)
+        inserted = self.try_insert(rows)
+        return None if inserted is None else _stored(events, rows, inserted, {})
+
     def try_insert(self, rows: list[dict[str, Any]]) -> dict[str, str] | None:
         """Insert and commit; returns {external id: event id}, or None (nothing written)
         when some row was already stored: the caller then takes the general path."""
@@ -228,8 +237,11 @@ class DriverInsert:
             raise
 
 
+DRIVER_INSERT = "gatehouse.driver_insert"
+
+
 def driver_insert() -> DriverInsert:
-    return for_engine("gatehouse.driver_insert", DriverInsert)
+    return for_engine(DRIVER_INSERT, DriverInsert)
 
 
 def store_and_commit(
@@ -244,10 +256,9 @@ def store_and_commit(
         stored = store_events(source, events, headers)
         db.session.commit()
         return stored
-    rows = _rows(source, events, headers)
-    inserted = driver_insert().try_insert(rows)
-    if inserted is not None:
-        return _stored(events, rows, inserted, {})
+    new = driver_insert().store_new(source, events, headers)
+    if new is not None:
+        return new
     # A redelivery: a Core transaction that inserts what is new and counts the rest.
     with db.engine.begin() as connection:
-        return _store_rows(source, events, rows, connection)
+        return _store_rows(source, events, _rows(source, events, headers), connection)

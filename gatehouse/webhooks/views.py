@@ -26,7 +26,7 @@ from gatehouse.webhooks.errors import (
     UnknownSource,
     UnsupportedMediaType,
 )
-from gatehouse.webhooks.inbox import Stored, store_and_commit
+from gatehouse.webhooks.inbox import DriverInsert, Stored, store_and_commit
 from gatehouse.webhooks.senders import SENDERS, Inbound
 from gatehouse.webhooks.senders.base import CanonicalEvent, Sender, SourceInfo, check_storable
 from gatehouse.webhooks.source_cache import find_source
@@ -131,10 +131,24 @@ def checked_events(
 
 def store(source: SourceInfo, events: list[CanonicalEvent], inbound: Inbound) -> Stored:
     """Store and commit; the relay queues the new events (gatehouse.queue.relay)."""
-    headers = {k: v for k, v in inbound.headers.items() if k not in SECRET_HEADERS}
-    stored = store_and_commit(source, events, headers)
+    stored = store_and_commit(source, events, stored_headers(inbound))
     metrics.count_received(source.slug, [e.type for e in events])
     return stored
+
+
+def store_new(
+    inserter: DriverInsert, source: SourceInfo, events: list[CanonicalEvent], inbound: Inbound
+) -> Stored | None:
+    """`store` for events that are all new, with no app context needed; None (nothing
+    written) when one was stored already."""
+    stored = inserter.store_new(source, events, stored_headers(inbound))
+    if stored is not None:
+        metrics.count_received(source.slug, [e.type for e in events])
+    return stored
+
+
+def stored_headers(inbound: Inbound) -> dict[str, str]:
+    return {k: v for k, v in inbound.headers.items() if k not in SECRET_HEADERS}
 
 
 def answer(stored: Stored) -> tuple[dict[str, Any], int, str]:

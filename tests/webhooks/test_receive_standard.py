@@ -6,6 +6,7 @@ independent reference implementation, never by our own code.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask, request_started
+from flask import Flask, appcontext_pushed, request_started
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
@@ -120,9 +121,7 @@ def test_occurred_at_defaults_to_the_webhook_timestamp(
 
 def test_body_that_is_not_json_answers_400(app: Flask, client: FlaskClient, secret: str) -> None:
     body = b'{"type": "contact.tags_set", '
-    r = client.post(
-        f"/hooks/{SLUG}", data=body, headers=standard_headers(secret, "msg_bad", body)
-    )
+    r = client.post(f"/hooks/{SLUG}", data=body, headers=standard_headers(secret, "msg_bad", body))
 
     assert r.status_code == 400
     assert r.json["error"] == "malformed_body"
@@ -133,9 +132,7 @@ def test_deeply_nested_json_answers_400_not_500(
     app: Flask, client: FlaskClient, secret: str
 ) -> None:
     body = b"[" * 200_000 + b"]" * 200_000
-    r = client.post(
-        f"/hooks/{SLUG}", data=body, headers=standard_headers(secret, "msg_deep", body)
-    )
+    r = client.post(f"/hooks/{SLUG}", data=body, headers=standard_headers(secret, "msg_deep", body))
 
     assert r.status_code == 400, r.json
     assert r.json["error"] == "malformed_body"
@@ -491,9 +488,8 @@ def test_lone_surrogate_escape_answers_422_not_a_server_error(
 ) -> None:
     # Valid JSON, but no UTF-8 text: neither database can store it.
     body = (
-        (Path(__file__).parent.parent / "fixtures/standard/contact.updated__lone_surrogate.json")
-        .read_bytes()
-    )
+        Path(__file__).parent.parent / "fixtures/standard/contact.updated__lone_surrogate.json"
+    ).read_bytes()
     r = client.post(
         f"/hooks/{SLUG}", data=body, headers=standard_headers(secret, "msg_surrogate", body)
     )
@@ -586,6 +582,69 @@ def test_an_accepted_event_from_a_cached_source_is_answered_in_front_of_flask(
     assert seen == ["flask"]  # only the first, whose source was not cached yet
     assert second.json == {"status": "accepted", "events": second.json["events"]}
     assert again.json == {"status": "duplicate", "events": second.json["events"]}
+
+
+def _post_as_gunicorn_does(client: FlaskClient, secret: str, msg_id: str) -> Any:
+    """Post with no app context active, as a gunicorn worker serves a request (the test's
+    own context lives in its context variables; an empty copy has none)."""
+    return contextvars.Context().run(post_standard, client, SLUG, secret, tags_set(), msg_id)
+
+
+def test_without_an_app_context_a_new_event_is_stored_without_pushing_one(
+    app: Flask, client: FlaskClient, secret: str
+) -> None:
+    pushed: list[str] = []
+
+    def on_push(sender: Any, **_: Any) -> None:
+        pushed.append("context")
+
+    assert _post_as_gunicorn_does(client, secret, "msg_c1").status_code == 202  # makes the insert
+    appcontext_pushed.connect(on_push, app)
+    try:
+        r = _post_as_gunicorn_does(client, secret, "msg_c2")
+    finally:
+        appcontext_pushed.disconnect(on_push, app)
+
+    assert r.status_code == 202
+    assert pushed == []
+    stored = db.session.execute(select(Event).where(Event.external_id == "msg_c2")).scalar_one()
+    assert r.json == {"status": "accepted", "events": [stored.id]}
+    assert (stored.status, stored.deliveries, stored.type) == ("received", 1, "contact.tags_set")
+
+
+def test_without_an_app_context_a_redelivery_is_answered_duplicate_by_flask(
+    app: Flask, client: FlaskClient, secret: str
+) -> None:
+    first = _post_as_gunicorn_does(client, secret, "msg_d1")
+    seen: list[str] = []
+
+    def started(sender: Any, **_: Any) -> None:
+        seen.append("flask")
+
+    request_started.connect(started, app)
+    try:
+        again = _post_as_gunicorn_does(client, secret, "msg_d1")
+    finally:
+        request_started.disconnect(started, app)
+
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert seen == ["flask"]
+    assert again.json == {"status": "duplicate", "events": first.json["events"]}
+    stored = db.session.execute(select(Event).where(Event.external_id == "msg_d1")).scalar_one()
+    assert stored.deliveries == 2
+    assert event_count() == 1
+
+
+def test_without_an_app_context_a_store_failure_answers_503(
+    app: Flask, client: FlaskClient, secret: str
+) -> None:
+    assert _post_as_gunicorn_does(client, secret, "msg_e1").status_code == 202
+    with refusing_event_inserts():
+        r = _post_as_gunicorn_does(client, secret, "msg_e2")
+
+    assert r.status_code == 503
+    assert r.json["error"] == "unavailable"
+    assert event_count() == 1
 
 
 def test_a_dropped_database_connection_costs_the_sender_nothing(
