@@ -33,6 +33,23 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime given; Gatehouse stores only aware UTC times")
         return value.astimezone(UTC).replace(tzinfo=None)
 
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        # SQLite keeps these as text and compares them as text, so the text must be
+        # exactly SQLAlchemy's DATETIME format ("2026-11-23 22:33:52.508364"), which is
+        # what isoformat gives in C. SQLAlchemy's formatter built it from a dict, per value:
+        # three values per stored event, two per applied one.
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given; Gatehouse stores only aware UTC times")
+            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+        return process
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
