@@ -40,6 +40,7 @@ from gatehouse.webhooks.views import (
     answer,
     checked_events,
     inbound_from,
+    inbound_from_environ,
     log_answer,
     store,
     store_new,
@@ -80,9 +81,12 @@ class HookFastPath:
         # Whatever happens next, Flask can read the body again.
         environ["wsgi.input"] = io.BytesIO(body)
         sender = SENDERS[source.kind]
-        inbound = inbound_from(
-            Request(environ), body, config["GATEHOUSE_PUBLIC_URL"], sender.signs_url
-        )
+        if environ.get("QUERY_STRING") or sender.signs_url:
+            inbound = inbound_from(
+                Request(environ), body, config["GATEHOUSE_PUBLIC_URL"], sender.signs_url
+            )
+        else:
+            inbound = inbound_from_environ(environ, body)
         # A gunicorn worker serves each request with no app context active. Once its
         # first store has made the driver insert, new events need none either: pushing
         # and popping one (Flask-SQLAlchemy's teardown included) was a twentieth of the

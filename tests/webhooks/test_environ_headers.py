@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from werkzeug.datastructures import EnvironHeaders
+from dataclasses import replace
+from typing import Any
 
-from gatehouse.webhooks.views import environ_headers
+import pytest
+from werkzeug.datastructures import EnvironHeaders
+from werkzeug.wrappers import Request
+
+from gatehouse.webhooks.views import environ_headers, inbound_from, inbound_from_environ
 
 
 def test_environ_headers_are_werkzeugs_headers_lower_cased() -> None:
@@ -27,3 +32,34 @@ def test_environ_headers_are_werkzeugs_headers_lower_cased() -> None:
         "x-hubspot-signature-v3": "abc=",
         "user-agent": "Keap/1.0",
     }
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "Application/JSON; charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "",
+        None,
+    ],
+)
+def test_inbound_from_the_environ_is_what_the_request_gives(content_type: str | None) -> None:
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "post",
+        "PATH_INFO": "/hooks/x",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "gatehouse.test",
+        "SERVER_PORT": "443",
+        "wsgi.url_scheme": "https",
+        "HTTP_WEBHOOK_ID": "msg_1",
+        "wsgi.input": None,
+    }
+    if content_type is not None:
+        environ["CONTENT_TYPE"] = content_type
+
+    lean = inbound_from_environ(environ, b"{}")
+    full = inbound_from(Request(environ), b"{}", "", with_url=False)
+
+    assert replace(lean, received_at=full.received_at) == full
+    assert type(lean.query) is type(full.query)
