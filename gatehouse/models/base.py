@@ -42,11 +42,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         # what isoformat gives in C. SQLAlchemy's formatter built it from a dict, per value:
         # three values per stored event, two per applied one.
         def process(value: datetime | None) -> str | None:
-            if value is None:
-                return None
-            if value.tzinfo is None:
-                raise ValueError("naive datetime given; Gatehouse stores only aware UTC times")
-            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+            naive = self.process_bind_param(value, dialect)
+            return None if naive is None else naive.isoformat(" ", "microseconds")
 
         return process
 

@@ -100,7 +100,7 @@ _NO_QUERY: ImmutableMultiDict[str, str] = ImmutableMultiDict()
 def inbound_from_environ(environ: dict[str, Any], body: bytes) -> Inbound:
     """What `inbound_from` builds for a request without a query string to a sender that
     does not sign the URL, read from the WSGI environ: the fast path's usual case, without
-    a werkzeug Request and its cached properties (a thirtieth of an accepted request)."""
+    a werkzeug Request and its cached properties (3% of an accepted request's CPU)."""
     return Inbound(
         method=environ.get("REQUEST_METHOD", "GET").upper(),
         url="",
