@@ -196,6 +196,30 @@ def test_the_driver_connection_is_kept_between_inserts(app: Flask) -> None:
     assert held.dbapi_connection is not None
 
 
+def test_the_driver_connection_keeps_one_cursor(app: Flask) -> None:
+    info = source_info()
+    store_and_commit(info, [event("one")], {})
+    driver = inbox.driver_insert()
+    made: list[Any] = []
+    held = driver.held.current
+
+    class Counting:
+        """The held connection, counting the cursors made on it."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(held, name)
+
+        def cursor(self) -> Any:
+            made.append(1)
+            return held.cursor()
+
+    driver.held._local.connection = Counting()
+    driver.held._local.cursor = None  # as on a new connection
+    for name in ("two", "three", "four"):
+        assert store_and_commit(info, [event(name)], {}).new_ids
+    assert len(made) == 1
+
+
 def test_a_broken_driver_connection_is_replaced(app: Flask) -> None:
     info = source_info()
     store_and_commit(info, [event("before")], {})
