@@ -16,12 +16,13 @@ batch the ordinary way, in the same transaction.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, text, update
 
 from gatehouse.extensions import db
 from gatehouse.handlers import contact_events
@@ -69,14 +70,49 @@ _LOCK_MEMBERS = (
     .order_by(_m.id)
     .with_for_update()
 )
-# Every named tag's row of every named contact: a few more rows than the batch names when
-# two contacts share some tag, filtered here, for a statement the same at every size.
-_SELECT_TAGS = select(
-    _t.contact_id, _t.tag, _t.present, _t.asserted_at, _t.assert_key, _t.event_id
-).where(
-    _t.contact_id.in_(bindparam("contact_ids", expanding=True)),
-    _t.tag.in_(bindparam("tags", expanding=True)),
-)
+
+
+@functools.cache
+def _select_tags(pairs: int) -> Any:
+    """The rows of `pairs` (contact id, tag) pairs, bound as `c<n>`, `t<n>`: a list of
+    VALUES joined on the primary key, one probe per pair.
+
+    Two INs (every named contact against every named tag) made a probe per contact and
+    tag: a batch of 50 events naming 15 tags between them made 750 for 50 rows, 13% of the
+    batch's time in its write turn ("A web request without an app context", 7, in
+    docs/benchmarks.md). A row-value IN makes SQLite scan the table (handlers.preload).
+    Built once per number of pairs (at most `_PAIRS_PER_READ`); SQLAlchemy caches the
+    compiled form.
+    """
+    values = ", ".join(f"(CAST(:c{n} AS INTEGER), :t{n})" for n in range(pairs))
+    sql = (
+        f"WITH wanted (contact_id, tag) AS (VALUES {values}) "  # noqa: S608 - placeholders only
+        "SELECT ct.contact_id, ct.tag, ct.present, ct.asserted_at, ct.assert_key, ct.event_id "
+        "FROM wanted JOIN contact_tags AS ct "
+        "ON ct.contact_id = wanted.contact_id AND ct.tag = wanted.tag"
+    )
+    return text(sql).columns(
+        _t.contact_id, _t.tag, _t.present, _t.asserted_at, _t.assert_key, _t.event_id
+    )
+
+
+# An event may name up to 5,000 tags (schemas.events.MAX_TAGS): read in slices, so no
+# statement outgrows SQLite's limit on parameters and at most this many are cached.
+_PAIRS_PER_READ = 250
+
+
+def _read_tags(pairs: list[tuple[int, str]]) -> dict[tuple[int, str], _Row]:
+    known: dict[tuple[int, str], _Row] = {}
+    for start in range(0, len(pairs), _PAIRS_PER_READ):
+        chunk = pairs[start : start + _PAIRS_PER_READ]
+        params: dict[str, Any] = {}
+        for n, (cid, tag) in enumerate(chunk):
+            params[f"c{n}"], params[f"t{n}"] = cid, tag
+        for r in db.session.execute(_select_tags(len(chunk)), params):
+            known[(r.contact_id, r.tag)] = _Row(r.present, r.asserted_at, r.assert_key, r.event_id)
+    return known
+
+
 _SELECT_SNAPSHOTS = select(_s.contact_id, _s.asserted_at, _s.assert_key).where(
     _s.contact_id.in_(bindparam("contact_ids", expanding=True))
 )
@@ -168,14 +204,7 @@ def apply(
         }
     by_id = {contacts[key].id: tags for key, tags in wanted.items()}
     contact_ids = sorted(by_id)
-    known: dict[tuple[int, str], _Row] = {
-        (r.contact_id, r.tag): _Row(r.present, r.asserted_at, r.assert_key, r.event_id)
-        for r in session.execute(
-            _SELECT_TAGS,
-            {"contact_ids": contact_ids, "tags": sorted(set().union(*by_id.values()))},
-        )
-        if r.tag in by_id[r.contact_id]
-    }
+    known = _read_tags([(cid, tag) for cid in contact_ids for tag in sorted(by_id[cid])])
     snapshots = {
         r.contact_id: (r.asserted_at, r.assert_key)
         for r in session.execute(_SELECT_SNAPSHOTS, {"contact_ids": contact_ids})

@@ -372,3 +372,29 @@ def test_an_id_the_database_lacks_is_reported_missing_beside_a_lean_batch(
     assert lean_runs == [True]
     assert results[gone] == {"event": gone, "status": "missing"}
     assert results[ids[0]] == {"event": ids[0], "status": "processed", "members": ["member0"]}
+
+
+def test_the_tags_read_returns_exactly_the_named_pairs_in_slices(app: Flask) -> None:
+    reset()
+    first, second = FIRST_CONTACT, FIRST_CONTACT + 1
+    for cid in (first, second):
+        db.session.add(Contact(id=cid, crm="keap", contact_id=f"c{cid}"))
+    db.session.flush()
+    for cid in (first, second):
+        for n in range(300):
+            at = BASE + timedelta(seconds=n)
+            db.session.add(
+                ContactTag(
+                    contact_id=cid, tag=f"t{n}", present=n % 2 == 0, asserted_at=at, assert_key="k"
+                )
+            )
+    db.session.commit()
+    # More pairs than one statement reads; the second contact shares every tag named for
+    # the first, and none of those rows may come back.
+    pairs = [(first, f"t{n}") for n in range(300)] + [(second, "t7"), (second, "absent")]
+
+    known = tag_batch._read_tags(pairs)
+
+    assert set(known) == {(first, f"t{n}") for n in range(300)} | {(second, "t7")}
+    assert known[(second, "t7")] == tag_batch._Row(False, BASE + timedelta(seconds=7), "k", None)
+    assert known[(first, "t0")].present is True
