@@ -27,14 +27,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from flask import Flask, current_app, has_app_context
-from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.wrappers import Request
 
 from gatehouse.extensions import db
 from gatehouse.fastpath import StartResponse, WSGIApp, json_answer
 from gatehouse.request_log import log_request
-from gatehouse.webhooks.errors import HookError
-from gatehouse.webhooks.inbox import DRIVER_INSERT, DriverInsert
+from gatehouse.webhooks.inbox import DRIVER_INSERT, DriverInsert, Stored
 from gatehouse.webhooks.senders import SENDERS
 from gatehouse.webhooks.source_cache import cached_source
 from gatehouse.webhooks.views import (
@@ -93,16 +91,17 @@ class HookFastPath:
         # and popping one (Flask-SQLAlchemy's teardown included) was 6% of the request's
         # CPU in-process. A redelivery, or any other case, goes to Flask with nothing
         # written.
-        inserter: DriverInsert | None = self.app.extensions.get(DRIVER_INSERT)
-        in_context = inserter is None or has_app_context()
+        active = has_app_context()
+        inserter: DriverInsert | None = None if active else self.app.extensions.get(DRIVER_INSERT)
         # As Flask does for a request: reuse this app's context when one is active (a
         # test, a CLI), so a transaction already open there is the one the store joins.
         context = None
-        if in_context and (
-            not has_app_context() or current_app._get_current_object() is not self.app  # type: ignore[attr-defined]
+        if inserter is None and (
+            not active or current_app._get_current_object() is not self.app  # type: ignore[attr-defined]
         ):
             context = self.app.app_context()
             context.push()
+        stored: Stored | None
         try:
             if sender.handshake(inbound, source) is not None:
                 return None
@@ -111,25 +110,21 @@ class HookFastPath:
             )
             if not events:
                 return None
-            if inserter is not None and not in_context:
-                found = store_new(inserter, source, events, inbound)
-                if found is None:
-                    return None
-                stored = found
+            if inserter is not None:
+                stored = store_new(inserter, source, events, inbound)
             else:
                 stored = store(source, events, inbound)
-        except (HookError, SQLAlchemyError):
-            if in_context:
-                db.session.rollback()
-            return None  # the view answers it (and logs the rejection or the failure)
-        except Exception:  # noqa: BLE001 - not swallowed: Flask runs the same steps again
-            # and answers with its own error handling (a JSON 500, never a stack trace).
-            if in_context:
+        except Exception:  # noqa: BLE001 - not swallowed: a rejection, a database error or a
+            # bug, Flask runs the same steps again and answers (and logs) it, a bug with its
+            # own error handling (a JSON 500, never a stack trace).
+            if inserter is None:
                 db.session.rollback()
             return None
         finally:
             if context is not None:
                 context.pop()
+        if stored is None:
+            return None
         payload, status, event = answer(stored)
         log_answer(event, slug, stored, started)
         log_request("POST", environ.get("PATH_INFO"), ENDPOINT, status, started, source=slug)
