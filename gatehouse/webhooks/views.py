@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -83,28 +84,27 @@ def inbound_from(req: Request, body: bytes, public_url: str, with_url: bool = Tr
         url = f"{public_url}{req.path}" + (f"?{query}" if query else "")
     else:
         url = req.url
-    return Inbound(
-        method=req.method,
-        url=url,
-        query=req.args,
-        headers=environ_headers(req.environ),
-        body=body,
-        media_type=(req.mimetype or "").lower(),
-        received_at=utcnow(),
-    )
+    return inbound_from_environ(req.environ, body, url, req.args)
 
 
 _NO_QUERY: ImmutableMultiDict[str, str] = ImmutableMultiDict()
 
 
-def inbound_from_environ(environ: dict[str, Any], body: bytes) -> Inbound:
-    """What `inbound_from` builds for a request without a query string to a sender that
-    does not sign the URL, read from the WSGI environ: the fast path's usual case, without
-    a werkzeug Request and its cached properties (3% of an accepted request's CPU)."""
+def inbound_from_environ(
+    environ: dict[str, Any],
+    body: bytes,
+    url: str = "",
+    query: Mapping[str, str] = _NO_QUERY,
+) -> Inbound:
+    """The request read from the WSGI environ; its URL and query string come from
+    `inbound_from` when it has them. Called directly, this is the fast path's usual case (no
+    query string, a sender that does not sign the URL) without a werkzeug Request and its
+    cached properties (3% of an accepted request's CPU). Method and media type are read
+    as werkzeug reads them."""
     return Inbound(
         method=environ.get("REQUEST_METHOD", "GET").upper(),
-        url="",
-        query=_NO_QUERY,
+        url=url,
+        query=query,
         headers=environ_headers(environ),
         body=body,
         media_type=parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower(),

@@ -63,3 +63,7 @@ def test_inbound_from_the_environ_is_what_the_request_gives(content_type: str | 
 
     assert replace(lean, received_at=full.received_at) == full
     assert type(lean.query) is type(full.query)
+    # Both are built from the environ now: held to werkzeug's own reading of it.
+    werkzeug = Request(environ)
+    assert (lean.method, lean.media_type) == (werkzeug.method, werkzeug.mimetype)
+    assert lean.query == werkzeug.args
