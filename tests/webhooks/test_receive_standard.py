@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextvars
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from blinker import NamedSignal
 from flask import Flask, appcontext_pushed, request_started
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
@@ -563,21 +565,25 @@ def test_an_unexpected_error_on_the_fast_path_gets_flasks_json_500(
     assert "a bug in a translation" not in r.get_data(as_text=True)
 
 
+@contextmanager
+def signals_sent(signal: NamedSignal, app: Flask, label: str) -> Iterator[list[str]]:
+    """`label` once per time `app` sends `signal` inside the block."""
+    sent: list[str] = []
+
+    def receiver(sender: Any, **_: Any) -> None:
+        sent.append(label)
+
+    with signal.connected_to(receiver, app):
+        yield sent
+
+
 def test_an_accepted_event_from_a_cached_source_is_answered_in_front_of_flask(
     app: Flask, client: FlaskClient, secret: str
 ) -> None:
-    seen: list[str] = []
-
-    def started(sender: Any, **_: Any) -> None:
-        seen.append("flask")
-
-    request_started.connect(started, app)
-    try:
+    with signals_sent(request_started, app, "flask") as seen:
         first = post_standard(client, SLUG, secret, tags_set(), "msg_f1")  # fills the cache
         second = post_standard(client, SLUG, secret, tags_set(), "msg_f2")
         again = post_standard(client, SLUG, secret, tags_set(), "msg_f2")
-    finally:
-        request_started.disconnect(started, app)
     assert (first.status_code, second.status_code, again.status_code) == (202, 202, 200)
     assert seen == ["flask"]  # only the first, whose source was not cached yet
     assert second.json == {"status": "accepted", "events": second.json["events"]}
@@ -593,17 +599,9 @@ def _post_as_gunicorn_does(client: FlaskClient, secret: str, msg_id: str) -> Any
 def test_without_an_app_context_a_new_event_is_stored_without_pushing_one(
     app: Flask, client: FlaskClient, secret: str
 ) -> None:
-    pushed: list[str] = []
-
-    def on_push(sender: Any, **_: Any) -> None:
-        pushed.append("context")
-
     assert _post_as_gunicorn_does(client, secret, "msg_c1").status_code == 202  # makes the insert
-    appcontext_pushed.connect(on_push, app)
-    try:
+    with signals_sent(appcontext_pushed, app, "context") as pushed:
         r = _post_as_gunicorn_does(client, secret, "msg_c2")
-    finally:
-        appcontext_pushed.disconnect(on_push, app)
 
     assert r.status_code == 202
     assert pushed == []
@@ -616,16 +614,8 @@ def test_without_an_app_context_a_redelivery_is_answered_duplicate_by_flask(
     app: Flask, client: FlaskClient, secret: str
 ) -> None:
     first = _post_as_gunicorn_does(client, secret, "msg_d1")
-    seen: list[str] = []
-
-    def started(sender: Any, **_: Any) -> None:
-        seen.append("flask")
-
-    request_started.connect(started, app)
-    try:
+    with signals_sent(request_started, app, "flask") as seen:
         again = _post_as_gunicorn_does(client, secret, "msg_d1")
-    finally:
-        request_started.disconnect(started, app)
 
     assert (first.status_code, again.status_code) == (202, 200)
     assert seen == ["flask"]
