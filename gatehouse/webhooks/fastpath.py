@@ -5,8 +5,7 @@ case: a known source, a valid signature, a new event. Through Flask that case pa
 times the work that is its own: a request context, URL routing, before/after hooks, a
 Response object. This WSGI middleware runs the receive view's own steps (`inbound_from`,
 `checked_events`, `store`, `answer` in `gatehouse.webhooks.views`) for `POST /hooks/<slug>`
-and answers 202 itself (or 200 for a duplicate, when an app context is active: a test, a
-CLI; a gunicorn worker hands a redelivery to Flask).
+and answers 202 (or 200 for a duplicate) itself.
 
 Anything else goes to Flask with the body it read, and the view answers exactly as before:
 a source not in the process's source cache (the view looks it up and caches it), a
@@ -32,7 +31,7 @@ from werkzeug.wrappers import Request
 from gatehouse.extensions import db
 from gatehouse.fastpath import StartResponse, WSGIApp, json_answer
 from gatehouse.request_log import log_request
-from gatehouse.webhooks.inbox import DRIVER_INSERT, DriverInsert, Stored
+from gatehouse.webhooks.inbox import DRIVER_INSERT, DriverInsert
 from gatehouse.webhooks.senders import SENDERS
 from gatehouse.webhooks.source_cache import cached_source
 from gatehouse.webhooks.views import (
@@ -42,7 +41,6 @@ from gatehouse.webhooks.views import (
     inbound_from_environ,
     log_answer,
     store,
-    store_new,
 )
 
 PREFIX = "/hooks/"
@@ -87,10 +85,9 @@ class HookFastPath:
         else:
             inbound = inbound_from_environ(environ, body)
         # A gunicorn worker serves each request with no app context active. Once its
-        # first store has made the driver insert, new events need none either: pushing
+        # first store has made the driver insert, the store needs none either: pushing
         # and popping one (Flask-SQLAlchemy's teardown included) was 6% of the request's
-        # CPU in-process. A redelivery, or any other case, goes to Flask with nothing
-        # written.
+        # CPU in-process.
         active = has_app_context()
         inserter: DriverInsert | None = None if active else self.app.extensions.get(DRIVER_INSERT)
         # As Flask does for a request: reuse this app's context when one is active (a
@@ -101,7 +98,6 @@ class HookFastPath:
         ):
             context = self.app.app_context()
             context.push()
-        stored: Stored | None
         try:
             if sender.handshake(inbound, source) is not None:
                 return None
@@ -110,10 +106,7 @@ class HookFastPath:
             )
             if not events:
                 return None
-            if inserter is not None:
-                stored = store_new(inserter, source, events, inbound)
-            else:
-                stored = store(source, events, inbound)
+            stored = store(source, events, inbound, inserter)
         except Exception:  # noqa: BLE001 - not swallowed: a rejection, a database error or a
             # bug, Flask runs the same steps again and answers (and logs) it, a bug with its
             # own error handling (a JSON 500, never a stack trace).
@@ -123,8 +116,6 @@ class HookFastPath:
         finally:
             if context is not None:
                 context.pop()
-        if stored is None:
-            return None
         payload, status, event = answer(stored)
         log_answer(event, slug, stored, started)
         log_request("POST", environ.get("PATH_INFO"), ENDPOINT, status, started, source=slug)

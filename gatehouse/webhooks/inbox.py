@@ -103,7 +103,8 @@ def _store_rows(
     connection: Connection | None,
 ) -> Stored:
     run: Any = connection if connection is not None else db.session
-    stmt = _insert_ignoring_duplicates(db.engine.dialect.name)
+    dialect = connection.dialect if connection is not None else db.engine.dialect
+    stmt = _insert_ignoring_duplicates(dialect.name)
     # One row (the usual case) is a plain execute; several go as one executemany, which
     # SQLAlchemy sends as multi-row INSERT ... RETURNING ("insertmanyvalues").
     result = run.execute(stmt, rows[0] if len(rows) == 1 else rows)
@@ -191,14 +192,18 @@ class DriverInsert:
             return tuple(bound[key] for key in self.positional)
         return bound
 
-    def store_new(
+    def store(
         self, source: SourceInfo, events: list[CanonicalEvent], headers: dict[str, str]
-    ) -> Stored | None:
-        """Store events that are all new, and commit; None (nothing written) when one of
-        them was stored already."""
+    ) -> Stored:
+        """Store the events and commit, with no app context needed: new events on the
+        driver connection; a request with a stored one among them (a redelivery) in a Core
+        transaction that inserts what is new and counts the rest."""
         rows = _rows(source, events, headers)
         inserted = self.try_insert(rows)
-        return None if inserted is None else _stored(events, rows, inserted, {})
+        if inserted is not None:
+            return _stored(events, rows, inserted, {})
+        with self.engine.begin() as connection:
+            return _store_rows(source, events, rows, connection)
 
     def try_insert(self, rows: list[dict[str, Any]]) -> dict[str, str] | None:
         """Insert and commit; returns {external id: event id}, or None (nothing written)
@@ -256,9 +261,4 @@ def store_and_commit(
         stored = store_events(source, events, headers)
         db.session.commit()
         return stored
-    new = driver_insert().store_new(source, events, headers)
-    if new is not None:
-        return new
-    # A redelivery: a Core transaction that inserts what is new and counts the rest.
-    with db.engine.begin() as connection:
-        return _store_rows(source, events, _rows(source, events, headers), connection)
+    return driver_insert().store(source, events, headers)

@@ -149,26 +149,21 @@ def checked_events(
     return events
 
 
-def store(source: SourceInfo, events: list[CanonicalEvent], inbound: Inbound) -> Stored:
-    """Store and commit; the relay queues the new events (gatehouse.queue.relay)."""
-    stored = store_and_commit(source, events, stored_headers(inbound))
+def store(
+    source: SourceInfo,
+    events: list[CanonicalEvent],
+    inbound: Inbound,
+    inserter: DriverInsert | None = None,
+) -> Stored:
+    """Store and commit; the relay queues the new events (gatehouse.queue.relay). With
+    `inserter` (the fast path, no app context active) straight on the driver insert."""
+    headers = {k: v for k, v in inbound.headers.items() if k not in SECRET_HEADERS}
+    if inserter is not None:
+        stored = inserter.store(source, events, headers)
+    else:
+        stored = store_and_commit(source, events, headers)
     metrics.count_received(source.slug, [e.type for e in events])
     return stored
-
-
-def store_new(
-    inserter: DriverInsert, source: SourceInfo, events: list[CanonicalEvent], inbound: Inbound
-) -> Stored | None:
-    """`store` for events that are all new, with no app context needed; None (nothing
-    written) when one was stored already."""
-    stored = inserter.store_new(source, events, stored_headers(inbound))
-    if stored is not None:
-        metrics.count_received(source.slug, [e.type for e in events])
-    return stored
-
-
-def stored_headers(inbound: Inbound) -> dict[str, str]:
-    return {k: v for k, v in inbound.headers.items() if k not in SECRET_HEADERS}
 
 
 def answer(stored: Stored) -> tuple[dict[str, Any], int, str]:
