@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from gatehouse.extensions import db, write_turn
@@ -197,6 +197,8 @@ def test_the_driver_connection_is_kept_between_inserts(app: Flask) -> None:
 
 
 def test_the_driver_connection_keeps_one_cursor(app: Flask) -> None:
+    if not _sqlite():
+        pytest.skip("SQLite only: on PostgreSQL the insert runs without a cursor (next test)")
     info = source_info()
     store_and_commit(info, [event("one")], {})
     driver = inbox.driver_insert()
@@ -218,6 +220,26 @@ def test_the_driver_connection_keeps_one_cursor(app: Flask) -> None:
     for name in ("two", "three", "four"):
         assert store_and_commit(info, [event(name)], {}).new_ids
     assert len(made) == 1
+
+
+def test_on_postgresql_the_insert_is_prepared_once_and_run_per_request(app: Flask) -> None:
+    if _sqlite():
+        pytest.skip("PostgreSQL only: libpq's prepared statements")
+    info = source_info()
+    for name in ("one", "two", "three", "four"):
+        assert store_and_commit(info, [event(name)], {}).new_ids
+    held = inbox.driver_insert().held.current
+    # Asked on the held connection itself: prepared statements belong to their session.
+    found = held.dbapi_connection.execute(
+        "SELECT statement, generic_plans + custom_plans FROM pg_prepared_statements"
+        " WHERE name LIKE 'gatehouse\\_%'"
+    ).fetchall()
+    held.dbapi_connection.rollback()
+    assert len(found) == 1
+    statement, runs = found[0]
+    assert statement.startswith("INSERT INTO events") and "$1" in statement
+    assert runs == 4
+    assert db.session.scalar(select(func.count()).select_from(Event)) == 4
 
 
 def test_a_broken_driver_connection_is_replaced(app: Flask) -> None:

@@ -1,0 +1,64 @@
+"""The held driver connection runs a statement by itself, as SQLAlchemy would have."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+from sqlalchemy.exc import DBAPIError
+
+from gatehouse.driver import HeldConnection
+from gatehouse.extensions import db
+
+
+def held_connection() -> HeldConnection:
+    held = HeldConnection(db.engine)
+    return held
+
+
+def placeholders(sqlite: bool, sql: str) -> str:
+    return sql.replace("%s", "?") if sqlite else sql
+
+
+def test_named_and_positional_parameters_and_a_literal_percent(app: Flask) -> None:
+    held = held_connection()
+    if held.sqlite:
+        assert held.run_alone("SELECT :a + :b, 7 % 4", {"b": 2, "a": 1}) == [(3, 3)]
+        assert held.run_alone("SELECT ? || ?", ("x", "y")) == [("xy",)]
+        return
+    # Named out of order, one name twice, and `%%`: each `$n` must get its own value.
+    assert held.run_alone(
+        "SELECT %(a)s::int + %(b)s::int, %(a)s::int * 10, 7 %% 4", {"b": 2, "a": 1}
+    ) == [(3, 10, 3)]
+    assert held.run_alone("SELECT %s::text || %s::text", ("x", "y")) == [("xy",)]
+    assert held.run_alone("SELECT %s::text[]", (["a", "b"],)) == [(["a", "b"],)]
+    held.release()
+
+
+def test_a_failing_statement_raises_and_the_connection_goes_on(app: Flask) -> None:
+    held = held_connection()
+    sql = placeholders(held.sqlite, "SELECT 1 / %s")
+    before = held.get()
+    if held.sqlite:
+        with pytest.raises(DBAPIError):
+            held.run_alone("SELECT * FROM no_such_table", ())
+    else:
+        with pytest.raises(DBAPIError) as failed:
+            held.run_alone(sql, (0,))
+        assert failed.value.orig is not None
+        assert type(failed.value.orig).__name__ == "DivisionByZero"
+    assert held.current is before  # an error in a statement does not drop the connection
+    assert held.run_alone(sql, (2,)) in ([(0,)], [(0.5,)])
+    held.release()
+
+
+def test_each_statement_commits_by_itself(app: Flask) -> None:
+    held = held_connection()
+    held.run_alone("CREATE TABLE driver_probe (n INTEGER)", ())
+    try:
+        held.run_alone(placeholders(held.sqlite, "INSERT INTO driver_probe VALUES (%s)"), (5,))
+        # Another connection sees it at once: nothing is left in an open transaction.
+        with db.engine.connect() as other:
+            assert other.exec_driver_sql("SELECT n FROM driver_probe").scalars().all() == [5]
+    finally:
+        held.run_alone("DROP TABLE driver_probe", ())
+        held.release()
