@@ -379,6 +379,7 @@ class Bench:
             lags.append(max(0.0, written[mid] - answered) * 1000)
         self.results["lag"] = {
             "rate": round(rate, 1),
+            "workers": len(self.bg_workers),
             # What the server took: the lag above only holds at the offered rate if it took
             # about that many posts a second (each connection waits for its answer).
             "answered_per_s": round(answered_per_s(list(accepted.values()), rate), 1),
@@ -396,12 +397,21 @@ class Bench:
         }
 
     def start_background_workers(self) -> None:
-        """The Procfile's deployment from here on (lag, rules): web and two workers, each
-        relaying. The standalone relay that ingest and the drains need is stopped: a third
-        relay, polling and claiming beside theirs, is one no site runs."""
+        """The Procfile's deployment from here on (lag, rules): web and its worker, which
+        relays (`--lag-workers` runs more). The standalone relay that ingest and the drains
+        need is stopped: a second relay, polling and claiming beside the workers', is one
+        no site runs.
+
+        One worker, as `make run` starts it, and not two: on SQLite, with every writer
+        taking turns at one lock on two cores, a second worker took more from the web tier
+        than it added. At half the ingest maximum the web answered 0.66-0.79x of the posts
+        offered with two workers, 0.91-0.99x with one, whose drain rate (2,500 events/s) is
+        still 1.7x the rate offered (docs/benchmarks.md)."""
         if getattr(self, "bg_workers", None):
             return
-        self.bg_workers = [start_worker(self.stack, self.env, f"worker-{k}") for k in range(2)]
+        self.bg_workers = [
+            start_worker(self.stack, self.env, f"worker-{k}") for k in range(self.args.lag_workers)
+        ]
         for w in self.bg_workers:
             self.rss.watch("worker", w)
         self.relay.stop()
@@ -640,7 +650,7 @@ def table(results: dict[str, Any], database: str) -> str:
     if r := results.get("lag"):
         lines.append(
             fmt_row(
-                f"lag p50 / p99 ms @{r['rate']:.0f}/s",
+                f"lag p50 / p99 ms @{r['rate']:.0f}/s, {r['workers']}w",
                 f"{r['p50_ms']} / {r['p99_ms']}",
                 "-",
                 "-",
@@ -715,6 +725,12 @@ def main(argv: list[str] | None = None) -> int:
     # (1.5 s), the start of the run weighed on the figure: the posts answered a second swung
     # 0.73-0.95x of the offered rate between runs of the same commit.
     parser.add_argument("--members", type=int, default=6000, help="members for ingest/lag/reads")
+    parser.add_argument(
+        "--lag-workers",
+        type=int,
+        default=1,
+        help="queue workers running during lag and rules (1: the Procfile's deployment)",
+    )
     parser.add_argument("--rules-members", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="small settings, harness check")
     parser.add_argument("--output", default=str(RESULTS))
@@ -743,6 +759,7 @@ def main(argv: list[str] | None = None) -> int:
             "ingest_rounds": args.rounds,
             "members": args.members,
             "rules_members": args.rules_members,
+            "lag_workers": args.lag_workers,
         },
         "machine": machine(),
         "results": results,
