@@ -90,20 +90,25 @@ class HeldConnection:
         local = self._local
         statement: _Prepared | None = local.prepared.get(sql)
         pgconn = connection.pgconn
+        if pgconn.transaction_status != pq.TransactionStatus.IDLE:
+            # Inside a transaction the statement would not commit when this returns, and an
+            # event would be answered 202 before it is stored. Only a bug elsewhere can leave
+            # one open on this connection; what it left is not ours to keep.
+            connection.rollback()
         if statement is None:
             statement = _Prepared.of(sql, f"gatehouse_{len(local.prepared)}", connection)
             _checked(pgconn.prepare(statement.name, statement.sql), statement)
             local.prepared[sql] = statement
         values = params if statement.keys is None else [params[key] for key in statement.keys]
-        dumper = statement.adapters
+        adapters = statement.adapters
         result = _checked(
             pgconn.exec_prepared(
-                statement.name, dumper.dump_sequence(values, [_TEXT] * len(values))
+                statement.name, adapters.dump_sequence(values, [_TEXT] * len(values))
             ),
             statement,
         )
-        dumper.set_pgresult(result)
-        return dumper.load_rows(0, result.ntuples, tuple)
+        adapters.set_pgresult(result)
+        return adapters.load_rows(0, result.ntuples, tuple)
 
     def release(self, *_: Any) -> None:
         """Give every held connection back (the engine is being disposed)."""
@@ -137,6 +142,7 @@ class HeldConnection:
 
 # `%(name)s` or `%s` (psycopg's placeholders), or a `%%` (a literal `%`).
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
+_TEXT = PyFormat.TEXT  # values go as text, typed by the statement's own casts
 
 
 @dataclass
@@ -175,9 +181,6 @@ def _checked(result: Any, statement: _Prepared) -> Any:
     if result.status not in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
         raise pg_errors.error_from_result(result, encoding=statement.encoding)
     return result
-
-
-_TEXT = PyFormat.TEXT
 
 
 T = TypeVar("T")

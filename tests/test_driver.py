@@ -62,3 +62,22 @@ def test_each_statement_commits_by_itself(app: Flask) -> None:
     finally:
         held.run_alone("DROP TABLE driver_probe", ())
         held.release()
+
+
+def test_a_transaction_left_open_on_the_connection_does_not_swallow_the_next_statement(
+    app: Flask,
+) -> None:
+    held = held_connection()
+    if held.sqlite:
+        pytest.skip("PostgreSQL: SQLite's held connection is in autocommit mode")
+    held.run_alone("CREATE TABLE driver_probe (n INTEGER)", ())
+    try:
+        connection = held.get().dbapi_connection
+        connection.execute("SELECT 1")  # psycopg opens a transaction and leaves it open
+        assert connection.info.transaction_status.name == "INTRANS"
+        held.run_alone("INSERT INTO driver_probe VALUES (%s)", (7,))
+        with db.engine.connect() as other:  # committed when run_alone returned
+            assert other.exec_driver_sql("SELECT n FROM driver_probe").scalars().all() == [7]
+    finally:
+        held.run_alone("DROP TABLE driver_probe", ())
+        held.release()
