@@ -53,6 +53,7 @@ def test_a_failing_statement_raises_and_the_connection_goes_on(app: Flask) -> No
 
 def test_each_statement_commits_by_itself(app: Flask) -> None:
     held = held_connection()
+    held.run_alone("DROP TABLE IF EXISTS driver_probe", ())  # left by an interrupted run
     held.run_alone("CREATE TABLE driver_probe (n INTEGER)", ())
     try:
         held.run_alone(placeholders(held.sqlite, "INSERT INTO driver_probe VALUES (%s)"), (5,))
@@ -70,6 +71,7 @@ def test_a_transaction_left_open_on_the_connection_does_not_swallow_the_next_sta
     held = held_connection()
     if held.sqlite:
         pytest.skip("PostgreSQL: SQLite's held connection is in autocommit mode")
+    held.run_alone("DROP TABLE IF EXISTS driver_probe", ())  # left by an interrupted run
     held.run_alone("CREATE TABLE driver_probe (n INTEGER)", ())
     try:
         connection = held.get().dbapi_connection
