@@ -10,17 +10,12 @@ from gatehouse.driver import HeldConnection
 from gatehouse.extensions import db
 
 
-def held_connection() -> HeldConnection:
-    held = HeldConnection(db.engine)
-    return held
-
-
 def placeholders(sqlite: bool, sql: str) -> str:
     return sql.replace("%s", "?") if sqlite else sql
 
 
 def test_named_and_positional_parameters_and_a_literal_percent(app: Flask) -> None:
-    held = held_connection()
+    held = HeldConnection(db.engine)
     if held.sqlite:
         assert held.run_alone("SELECT :a + :b, 7 % 4", {"b": 2, "a": 1}) == [(3, 3)]
         assert held.run_alone("SELECT ? || ?", ("x", "y")) == [("xy",)]
@@ -35,7 +30,7 @@ def test_named_and_positional_parameters_and_a_literal_percent(app: Flask) -> No
 
 
 def test_a_failing_statement_raises_and_the_connection_goes_on(app: Flask) -> None:
-    held = held_connection()
+    held = HeldConnection(db.engine)
     sql = placeholders(held.sqlite, "SELECT 1 / %s")
     before = held.get()
     if held.sqlite:
@@ -52,7 +47,7 @@ def test_a_failing_statement_raises_and_the_connection_goes_on(app: Flask) -> No
 
 
 def test_each_statement_commits_by_itself(app: Flask) -> None:
-    held = held_connection()
+    held = HeldConnection(db.engine)
     held.run_alone("DROP TABLE IF EXISTS driver_probe", ())  # left by an interrupted run
     held.run_alone("CREATE TABLE driver_probe (n INTEGER)", ())
     try:
@@ -68,7 +63,7 @@ def test_each_statement_commits_by_itself(app: Flask) -> None:
 def test_a_transaction_left_open_on_the_connection_does_not_swallow_the_next_statement(
     app: Flask,
 ) -> None:
-    held = held_connection()
+    held = HeldConnection(db.engine)
     if held.sqlite:
         pytest.skip("PostgreSQL: SQLite's held connection is in autocommit mode")
     held.run_alone("DROP TABLE IF EXISTS driver_probe", ())  # left by an interrupted run
