@@ -4,7 +4,8 @@ claim (`gatehouse.queue.relay.DriverClaim`).
 
 Through SQLAlchemy's pool and `Connection` each of those paid a checkout, a reset on
 check-in, an execution context and a result object: more than the statement itself. Here
-each process and thread keeps one driver connection checked out of the engine's pool, and
+each process and thread keeps one driver connection checked out of the engine's pool (on
+PostgreSQL its statements are libpq prepared statements, run without psycopg's cursor), and
 errors are turned into what SQLAlchemy would have raised, with the same handling of a
 connection the database dropped (it is invalidated and replaced, never reused).
 """
@@ -105,9 +106,7 @@ class HeldConnection:
         values = params if statement.keys is None else [params[key] for key in statement.keys]
         adapters = statement.adapters
         result = _checked(
-            pgconn.exec_prepared(
-                statement.name, adapters.dump_sequence(values, [_TEXT] * len(values))
-            ),
+            pgconn.exec_prepared(statement.name, adapters.dump_sequence(values, statement.formats)),
             statement,
         )
         adapters.set_pgresult(result)
@@ -133,7 +132,7 @@ class HeldConnection:
             except self.dbapi_error:
                 dropped = True
         if dropped:
-            self._local.connection = self._local.cursor = None
+            self._local.connection = None  # `get` makes the next, with its own state
             with self._lock:
                 if raw in self._all:
                     self._all.remove(raw)
@@ -145,7 +144,6 @@ class HeldConnection:
 
 # `%(name)s` or `%s` (psycopg's placeholders), or a `%%` (a literal `%`).
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
-_TEXT = PyFormat.TEXT  # values go as text, typed by the statement's own casts
 
 
 @dataclass
@@ -153,6 +151,7 @@ class _Prepared:
     name: bytes
     sql: bytes  # with libpq's `$1, $2 …`
     keys: list[str] | None  # for named parameters: the name of `$1`, `$2` …; else None
+    formats: list[PyFormat]  # one per `$n`, all text: typed by the statement's own casts
     adapters: Any  # psycopg's Transformer for this connection: dumps values, loads rows
     encoding: str
 
@@ -175,6 +174,7 @@ class _Prepared:
             name=name.encode(),
             sql=converted.encode(encoding),
             keys=keys if named else None,
+            formats=[PyFormat.TEXT] * len(keys),
             adapters=Transformer(connection),
             encoding=encoding,
         )
