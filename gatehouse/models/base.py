@@ -40,7 +40,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         # SQLite keeps these as text and compares them as text, so the text must be
         # exactly SQLAlchemy's DATETIME format ("2026-11-23 22:33:52.508364"), which is
         # what isoformat gives in C. SQLAlchemy's formatter built it from a dict, per value:
-        # three values per stored event, two per applied one.
+        # three values per stored event, about six per applied one (its event, attempt,
+        # tags and member).
         def process(value: datetime | None) -> str | None:
             naive = self.process_bind_param(value, dialect)
             return None if naive is None else naive.isoformat(" ", "microseconds")
