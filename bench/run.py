@@ -36,6 +36,7 @@ from bench.common import (
     GUNICORN_CLASS,
     GUNICORN_WORKERS,
     ROOT,
+    Proc,
     RedisProc,
     RssSampler,
     Stack,
@@ -87,6 +88,7 @@ class Bench:
         self.stack = stack
         self.only = set(args.only.split(",")) if args.only else set(BENCHMARKS)
         self.results: dict[str, Any] = {}
+        self.bg_workers: list[Proc] = []  # started once, by the first phase that needs them
         self.rss = RssSampler().start()
         self.redis = RedisProc(stack).start()
         self.rclient = self.redis.client()
@@ -407,7 +409,7 @@ class Bench:
         than it added. At half the ingest maximum the web answered 0.66-0.79x of the posts
         offered with two workers, 0.91-0.99x with one, whose drain rate (2,500 events/s) is
         still 1.7x the rate offered (docs/benchmarks.md)."""
-        if getattr(self, "bg_workers", None):
+        if self.bg_workers:
             return
         self.bg_workers = [
             start_worker(self.stack, self.env, f"worker-{k}") for k in range(self.args.lag_workers)
