@@ -10,7 +10,7 @@ from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from gatehouse.queue.relay import RelayThread, relay_all
-from gatehouse.queue.worker import GatehouseWorker
+from gatehouse.queue.worker import GatehouseWorker, freeze_startup_objects
 
 
 @click.command("worker")
@@ -45,6 +45,7 @@ def worker(
     """Run a worker on the gatehouse queue, inside the app context."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     level = app.config["GATEHOUSE_LOG_LEVEL"]
+    freeze_startup_objects()
     while True:
         worker = GatehouseWorker(app, batch_size=batch_size, linger_ms=linger_ms)
         worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=level)

@@ -39,6 +39,7 @@ within BATCH_TTL + the sweep interval + the first retry interval (15 + 15 + 10 s
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -73,6 +74,22 @@ DEFAULT_BATCH = 50
 DEFAULT_LINGER_MS = 80.0  # a batch that is not full starts once its first job is this old
 BATCH_TTL = 15  # seconds a batch's StartedJobRegistry entries live without a heartbeat
 HEARTBEAT_EVERY = 5.0
+
+
+def freeze_startup_objects() -> int:
+    """Leave everything the process holds after start-up out of the garbage collector's
+    full passes; returns how many objects that is.
+
+    A worker holds about 140,000 long-lived objects (the app, SQLAlchemy's and RQ's
+    modules, compiled statements), and CPython's full collection walks all of them: 60-90
+    ms with the worker stopped, a few times a minute under load, which every event waiting
+    in that moment adds to its lag. Frozen, a full pass walks only what was made since:
+    2-4 ms. The handlers are imported first, so their modules are frozen too.
+    """
+    import_attribute(PROCESS_EVENTS)
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def batchable(job: Job) -> bool:

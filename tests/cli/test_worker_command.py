@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -101,3 +102,18 @@ def test_batch_size_and_linger_reach_the_worker_from_options_and_environment(
 
     assert [r.exit_code for r in (by_option, by_env, by_default)] == [0, 0, 0]
     assert [(w.batch_size, w.linger) for w in made] == [(7, 0.0), (3, 0.025), (50, 0.08)]
+
+
+def test_the_worker_command_leaves_its_start_up_objects_out_of_full_collections(
+    app: Flask,
+) -> None:
+    """A full collection walking the app's ~130,000 start-up objects stopped the worker for
+    60-90 ms, a few times a minute under load (docs/benchmarks.md)."""
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        result = app.test_cli_runner().invoke(args=["worker", "--burst", "--without-scheduler"])
+        assert result.exit_code == 0, result.output
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
