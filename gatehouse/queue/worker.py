@@ -74,6 +74,9 @@ DEFAULT_BATCH = 50
 DEFAULT_LINGER_MS = 80.0  # a batch that is not full starts once its first job is this old
 BATCH_TTL = 15  # seconds a batch's StartedJobRegistry entries live without a heartbeat
 HEARTBEAT_EVERY = 5.0
+# RQ's loop beats before and after each dequeue and after each job; beats closer together
+# than this are not sent (the worker's key lives worker_ttl + 60 s, 480 s by default).
+HEARTBEAT_MIN_GAP = 1.0
 
 
 def freeze_startup_objects() -> int:
@@ -165,6 +168,22 @@ class GatehouseWorker(SimpleWorker):
         finally:
             if relay is not None:
                 relay.stop()
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's heartbeat, in one round trip, and not more than once per HEARTBEAT_MIN_GAP
+        from RQ's loop (which beats three times a batch, three commands sent one by one
+        each: nine round trips a batch, each a wake-up of Redis and of this process on a
+        busy machine). A beat in the caller's pipeline, or with its own timeout, is sent."""
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)
+            return
+        last = self.last_heartbeat
+        if timeout is None and last is not None:
+            if (now() - last).total_seconds() < HEARTBEAT_MIN_GAP:
+                return
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(timeout, pipeline=pipe)
+            pipe.execute()
 
     def dequeue_job_and_maintain_ttl(self, *args: Any, **kwargs: Any) -> Any:
         if self._relay_inline:

@@ -488,3 +488,28 @@ def test_a_lone_job_does_not_wait_for_more(app: Flask) -> None:
     status = db.session.execute(select(Event.status).where(Event.id == event)).scalar_one()
     assert status in ("processed", "skipped")  # applied, whatever its contact's member
     assert took < 2.0, f"a lone job waited {took:.2f} s"
+
+
+def test_heartbeats_from_rqs_loop_are_sent_at_most_once_a_gap(app: Flask) -> None:
+    from gatehouse.queue.worker import HEARTBEAT_MIN_GAP
+
+    worker = GatehouseWorker(app)
+    worker.register_birth()
+    r = redis_client.get(app)
+    try:
+        r.persist(worker.key)
+        worker.last_heartbeat = rq_now() - timedelta(seconds=HEARTBEAT_MIN_GAP + 1)
+        worker.heartbeat()
+        beat = r.hget(worker.key, "last_heartbeat")
+        assert beat is not None and beat.decode() == utcformat(worker.last_heartbeat)
+        assert r.ttl(worker.key) == worker.worker_ttl + 60  # what RQ's heartbeat sets
+
+        r.persist(worker.key)
+        worker.heartbeat()  # straight after: not sent
+        assert r.hget(worker.key, "last_heartbeat") == beat
+        assert r.ttl(worker.key) == -1
+
+        worker.heartbeat(timeout=90)  # a beat with its own timeout always goes
+        assert r.ttl(worker.key) == 90
+    finally:
+        worker.register_death()
