@@ -183,14 +183,22 @@ def process_events(
     started = time.perf_counter()
     started_at = utcnow()
     try:
+        prepared = None
+        if lean:
+            # The lean path's first read needs no lock: outside the write turn, which web
+            # inserts wait for. It steps aside (None) for any batch it does not handle.
+            began = begin_read_only()
+            try:
+                prepared = tag_batch.prepare(event_ids, run_alone)
+            finally:
+                if began:
+                    db.session.rollback()
         # On SQLite, the batch takes its turn at the single write lock with the web inserts,
         # the relay and the other worker (`write_turn`: the kernel wakes the next writer the
         # moment it is free, where SQLite's own wait sleeps up to 100 ms a step).
         with write_turn(db.engine):
             try:
-                # The lean path first: it reads before it writes, and steps aside (None)
-                # for any batch it does not handle.
-                batch = tag_batch.apply(event_ids, run_alone, started_at) if lean else None
+                batch = tag_batch.apply(prepared, started_at) if prepared else None
                 if batch is None:
                     batch = _apply_batch(event_ids, run_alone, started_at)
                 if not batch.finished:

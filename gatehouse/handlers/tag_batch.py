@@ -10,8 +10,14 @@ multi-row statements.
 It decides exactly as `contact_events.tag_added`/`tag_removed` and `tags.apply_tag` do,
 and `tests/handlers/test_tag_batch.py` holds the two to the same rows and results. What
 it does not know how to do (create a contact, follow a merge alias, update a profile) it
-does not try: `apply` returns None before writing anything, and the caller applies the
-batch the ordinary way, in the same transaction.
+does not try: `prepare` or `apply` returns None before writing anything, and the caller
+applies the batch the ordinary way, in the same transaction.
+
+Two steps, so that on SQLite the part that needs no lock runs outside the write turn that
+web inserts wait for: `prepare` reads what an event never changes after its insert (its
+type, payload, times) and decides whether the batch is one for this path; `apply`, in the
+write transaction, reads and locks everything that can change (each event's attempts,
+the contacts, members, tags and snapshots) and writes.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ _ATTEMPTS: Any = EventAttempt.__table__
 # Built once, with expanding IN parameters: building a statement's clauses each time cost
 # more than running it.
 _ev, _c, _m, _t, _s = _EVENTS.c, _CONTACTS.c, _MEMBERS.c, _TAGS.c, _SNAPSHOTS.c
+# What an event's insert fixed for good (the sweep, a replay and a worker change only its
+# status, attempts and outcome): read in `prepare`, before the write turn.
 _SELECT_EVENTS = select(
     _ev.id,
     _ev.source_id,
@@ -50,9 +58,9 @@ _SELECT_EVENTS = select(
     _ev.occurred_at,
     _ev.received_at,
     _ev.payload,
-    _ev.attempts,
     _ev.contact_key,
 ).where(_ev.id.in_(bindparam("ids", expanding=True)))
+_SELECT_ATTEMPTS = select(_ev.id, _ev.attempts).where(_ev.id.in_(bindparam("ids", expanding=True)))
 # Two INs, not a row-value IN (see handlers.preload); locked in id order, as there, so
 # overlapping batches on two workers take their row locks in the same order.
 _LOCK_CONTACTS = (
@@ -161,14 +169,22 @@ def _plain_contact(payload: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def apply(
-    event_ids: Sequence[str], run_alone: Collection[str], started_at: datetime
-) -> BatchOutcome | None:
-    """Apply the batch in the current transaction (the caller commits), or return None,
-    having written nothing, when any event of it is not a plain single-tag event on a
-    known, unmerged contact."""
-    session = db.session
-    rows = session.execute(_SELECT_EVENTS, {"ids": list(event_ids)}).all()
+@dataclass
+class Prepared:
+    """A batch `prepare` found to be plain single-tag events: per event its row (the columns
+    of `_SELECT_EVENTS`), its contact's (crm, id) and its tags, and per contact every tag
+    its events name."""
+
+    event_ids: Sequence[str]
+    plan: list[tuple[Any, tuple[str, str], list[str]]]
+    wanted: dict[tuple[str, str], set[str]]
+
+
+def prepare(event_ids: Sequence[str], run_alone: Collection[str]) -> Prepared | None:
+    """Read the batch's events, or return None when any of them is not a plain single-tag
+    event (a type run alone or handled elsewhere, a profile stated) or none exists. Reads
+    only what never changes after an insert, so it needs no lock."""
+    rows = db.session.execute(_SELECT_EVENTS, {"ids": list(event_ids)}).all()
     if not rows:
         return None
     wanted: dict[tuple[str, str], set[str]] = {}
@@ -182,7 +198,27 @@ def apply(
             return None  # the dispatch maps the type elsewhere (a new handler, a test's)
         wanted.setdefault(key, set()).update(tags)
         plan.append((row, key, tags))
+    return Prepared(event_ids, plan, wanted)
 
+
+def apply(prepared: Prepared, started_at: datetime) -> BatchOutcome | None:
+    """Apply a prepared batch in the current transaction (the caller commits), or return
+    None, having written nothing, when a contact of it is unknown or merged."""
+    session = db.session
+    event_ids = prepared.event_ids
+    ids = [row.id for row, _key, _tags in prepared.plan]
+    attempts_of: dict[str, int] = {
+        event_id: n for event_id, n in session.execute(_SELECT_ATTEMPTS, {"ids": ids})
+    }
+    plan, wanted = prepared.plan, prepared.wanted
+    if len(attempts_of) != len(plan):
+        # Deleted since `prepare` read it: reported missing, as an event never stored is.
+        plan = [p for p in plan if p[0].id in attempts_of]
+        if not plan:
+            return None
+        wanted = {}
+        for _row, key, tags in plan:
+            wanted.setdefault(key, set()).update(tags)
     contacts = {}
     for contact in session.execute(
         _LOCK_CONTACTS,
@@ -255,7 +291,7 @@ def apply(
         if member_id is None:
             status, reason = "skipped", no_member_reason(contact_key)
         finished_at = utcnow()
-        number = row.attempts + 1
+        number = attempts_of[row.id] + 1
         event_updates.append(
             {
                 "b_id": row.id,

@@ -9,7 +9,11 @@ through `jobs.process_events`, and compares everything but wall-clock times.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -252,16 +256,24 @@ def world() -> dict[str, Any]:
 
 @pytest.fixture
 def lean_runs(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether each `tag_batch.apply` call applied its batch (True) or stepped aside."""
+    """Whether the lean path applied each batch it was asked to (True) or stepped aside,
+    in `tag_batch.prepare` or in `tag_batch.apply`."""
     runs: list[bool] = []
-    apply = tag_batch.apply
+    prepare, apply = tag_batch.prepare, tag_batch.apply
 
-    def spy(*args: Any, **kwargs: Any) -> BatchOutcome | None:
+    def prepare_spy(*args: Any, **kwargs: Any) -> tag_batch.Prepared | None:
+        prepared = prepare(*args, **kwargs)
+        if prepared is None:
+            runs.append(False)
+        return prepared
+
+    def apply_spy(*args: Any, **kwargs: Any) -> BatchOutcome | None:
         applied = apply(*args, **kwargs)
         runs.append(applied is not None)
         return applied
 
-    monkeypatch.setattr(tag_batch, "apply", spy)
+    monkeypatch.setattr(tag_batch, "prepare", prepare_spy)
+    monkeypatch.setattr(tag_batch, "apply", apply_spy)
     return runs
 
 
@@ -398,3 +410,81 @@ def test_the_tags_read_returns_exactly_the_named_pairs_in_slices(app: Flask) -> 
     assert set(known) == {(first, f"t{n}") for n in range(300)} | {(second, "t7")}
     assert known[(second, "t7")] == tag_batch._Row(False, BASE + timedelta(seconds=7), "k", None)
     assert known[(first, "t0")].present is True
+
+
+@contextmanager
+def write_turn_now() -> Iterator[None]:
+    """The write turn (SQLite files), taken without waiting, as another process takes it:
+    raises BlockingIOError if it is held."""
+    url = db.engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        yield
+        return
+    fd = os.open(f"{url.database}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_the_lean_paths_event_read_leaves_the_database_writable(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`prepare` runs outside the batch's write transaction and, on SQLite, outside the
+    write turn: a web insert arriving meanwhile is not kept waiting by it."""
+    ids = build(
+        [ContactSpec(member=0, state="live", rows=(), snapshot=None)],
+        [EventSpec(True, 0, ("101",), False, 1), EventSpec(False, 0, ("102",), False, 2)],
+        [0, 0],
+    )
+    prepare = tag_batch.prepare
+    writable: list[bool] = []
+
+    def prepare_then_write_elsewhere(*args: Any, **kwargs: Any) -> tag_batch.Prepared | None:
+        prepared = prepare(*args, **kwargs)
+        # Another connection writes, as a web insert would, after `prepare`'s read and
+        # before the batch takes its turn: a write lock or turn still held here fails it
+        # (no wait allowed).
+        with write_turn_now(), db.engine.connect() as other:
+            if other.dialect.name == "sqlite":
+                other.exec_driver_sql("PRAGMA busy_timeout=0")
+            other.execute(
+                Event.__table__.update().where(Event.id == ids[1]).values(reason="touched")
+            )
+            other.commit()
+        writable.append(True)
+        return prepared
+
+    monkeypatch.setattr(tag_batch, "prepare", prepare_then_write_elsewhere)
+
+    results = process_events(ids)
+
+    assert writable == [True]
+    assert [results[i]["status"] for i in ids] == ["processed", "processed"]
+
+
+def test_an_event_deleted_between_the_read_and_the_write_is_reported_missing(
+    app: Flask, lean_runs: list[bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = build(
+        [ContactSpec(member=0, state="live", rows=(), snapshot=None)],
+        [EventSpec(True, 0, ("101",), False, 1), EventSpec(True, 0, ("102",), False, 2)],
+        [0, 0],
+    )
+    prepare = tag_batch.prepare
+
+    def prepare_then_delete(*args: Any, **kwargs: Any) -> tag_batch.Prepared | None:
+        prepared = prepare(*args, **kwargs)
+        with db.engine.begin() as other:
+            other.execute(delete(Event).where(Event.id == ids[1]))
+        return prepared
+
+    monkeypatch.setattr(tag_batch, "prepare", prepare_then_delete)
+
+    results = process_events(ids)
+
+    assert lean_runs == [True]
+    assert results[ids[1]] == {"event": ids[1], "status": "missing"}
+    assert results[ids[0]] == {"event": ids[0], "status": "processed", "members": ["member0"]}
+    assert [(tag, present) for _cid, tag, present, *_ in world()["tags"]] == [("101", True)]
