@@ -95,6 +95,12 @@ _TURNS: dict[tuple[int, str], tuple[int, threading.Lock]] = {}
 _TURNS_MADE = threading.Lock()
 
 
+def takes_turns(engine: Engine) -> bool:
+    """Whether the engine's writers take turns (`write_turn`): a SQLite file."""
+    url = engine.url
+    return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+
+
 @contextmanager
 def write_turn(engine: Engine) -> Iterator[None]:
     """On a SQLite file, the frequent writers take turns at its single write lock through
@@ -109,10 +115,10 @@ def write_turn(engine: Engine) -> Iterator[None]:
     workers running, posts answered in 25 ms at the median instead of 14: docs/benchmarks.md,
     "One write turn for every SQLite writer"). Elsewhere (PostgreSQL): nothing to do.
     """
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+    if not takes_turns(engine):
         yield
         return
+    url = engine.url
     key = (os.getpid(), f"{url.database}.write-lock")  # a descriptor is not shared by a fork
     turn = _TURNS.get(key)
     if turn is None:

@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, insert, select
 
 from gatehouse import metrics
 from gatehouse.access import cache
-from gatehouse.extensions import begin_read_only, db, write_turn
+from gatehouse.extensions import begin_read_only, db, takes_turns, write_turn
 from gatehouse.handlers import contact_events, preload, tag_batch
 from gatehouse.handlers.dispatch import HANDLERS
 from gatehouse.handlers.outcome import Assertion, BatchOutcome, Outcome, Skip, Unmatched
@@ -167,6 +167,15 @@ def _apply_batch(
     return batch
 
 
+def _prepare_lean(event_ids: Sequence[str], run_alone: Collection[str]) -> Any:
+    began = begin_read_only()
+    try:
+        return tag_batch.prepare(event_ids, run_alone)
+    finally:
+        if began:
+            db.session.rollback()  # ends the read
+
+
 def process_events(
     event_ids: Sequence[str], run_alone: Collection[str] = RUN_ALONE, *, lean: bool = True
 ) -> dict[str, dict[str, Any]]:
@@ -183,21 +192,19 @@ def process_events(
     started = time.perf_counter()
     started_at = utcnow()
     try:
-        prepared = None
-        if lean:
-            # The lean path's first read needs no lock: outside the write turn, which web
-            # inserts wait for. It steps aside (None) for any batch it does not handle.
-            began = begin_read_only()
-            try:
-                prepared = tag_batch.prepare(event_ids, run_alone)
-            finally:
-                if began:
-                    db.session.rollback()
+        # The lean path's first read needs no lock. On SQLite it runs before the write turn
+        # that web inserts wait for, in a read of its own; elsewhere there is no turn to
+        # shorten, and it joins the batch's transaction (one transaction a batch, not two).
+        early = lean and takes_turns(db.engine)
+        prepared = _prepare_lean(event_ids, run_alone) if early else None
         # On SQLite, the batch takes its turn at the single write lock with the web inserts,
         # the relay and the other worker (`write_turn`: the kernel wakes the next writer the
         # moment it is free, where SQLite's own wait sleeps up to 100 ms a step).
         with write_turn(db.engine):
             try:
+                if lean and not early:
+                    prepared = tag_batch.prepare(event_ids, run_alone)
+                # It steps aside (None) for any batch it does not handle.
                 batch = tag_batch.apply(prepared, started_at) if prepared else None
                 if batch is None:
                     batch = _apply_batch(event_ids, run_alone, started_at)

@@ -431,8 +431,9 @@ def write_turn_now() -> Iterator[None]:
 def test_the_lean_paths_event_read_leaves_the_database_writable(
     app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`prepare` runs outside the batch's write transaction and, on SQLite, outside the
-    write turn: a web insert arriving meanwhile is not kept waiting by it."""
+    """On SQLite `prepare` runs before the batch's write turn and transaction: a web insert
+    arriving meanwhile is not kept waiting by it. (On PostgreSQL, which has no turn, it
+    reads inside the batch's transaction, and takes no lock there either.)"""
     ids = build(
         [ContactSpec(member=0, state="live", rows=(), snapshot=None)],
         [EventSpec(True, 0, ("101",), False, 1), EventSpec(False, 0, ("102",), False, 2)],
