@@ -167,7 +167,9 @@ def _apply_batch(
     return batch
 
 
-def _prepare_lean(event_ids: Sequence[str], run_alone: Collection[str]) -> Any:
+def _prepare_lean(
+    event_ids: Sequence[str], run_alone: Collection[str]
+) -> tag_batch.Prepared | None:
     began = begin_read_only()
     try:
         return tag_batch.prepare(event_ids, run_alone)

@@ -83,7 +83,7 @@ def freeze_startup_objects() -> int:
     """Leave everything the process holds after start-up out of the garbage collector's
     full passes; returns how many objects that is.
 
-    A worker holds about 140,000 long-lived objects (the app, SQLAlchemy's and RQ's
+    A worker holds about 130,000 long-lived objects (the app, SQLAlchemy's and RQ's
     modules, compiled statements), and CPython's full collection walks all of them: 60-90
     ms with the worker stopped, a few times a minute under load, which every event waiting
     in that moment adds to its lag. Frozen, a full pass walks only what was made since:
