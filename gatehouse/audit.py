@@ -66,9 +66,7 @@ def _after(response: Response) -> Response:
     if target is None and request.view_args:
         target = ",".join(f"{v}" for v in request.view_args.values())[:255]
     try:
-        record(
-            g.token_name, action, target, _result(response), getattr(g, "audit_detail", None)
-        )
+        record(g.token_name, action, target, _result(response), getattr(g, "audit_detail", None))
     except SQLAlchemyError:
         db.session.rollback()
         # The action happened; losing its audit line must be loud, not a failed request.

@@ -61,6 +61,7 @@ CACHE_READS = Counter(
     "gatehouse_access_cache_reads", "Access answers read, by cache result.", ["result"]
 )
 
+
 def source_slug(source_id: int) -> str:
     """Looked up each time (a primary-key read): a cache could outlive a removed source."""
     found = db.session.execute(

@@ -18,8 +18,6 @@ from gatehouse.devtools import redis_server_binary
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
-
 def main() -> int:
     env = {**dotenv_values(ROOT / ".env"), **os.environ}
     url = env.get("REDIS_URL") or "redis://127.0.0.1:6379/0"

@@ -26,10 +26,6 @@ from gatehouse.models import Base
 SECRET_KEY = "test-secret-key-not-for-production-0123456789"
 
 
-
-
-
-
 class RedisServer:
     """A real redis-server process the tests can stop and start (outage tests)."""
 

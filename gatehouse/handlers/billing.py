@@ -202,9 +202,7 @@ def _rerun(ids: list[str]) -> list[str]:
     """Hand events back to the relay (`received`): it queues them once this transaction
     commits, like any newly stored event; nothing is queued for a rolled-back batch."""
     if ids:
-        db.session.execute(
-            update(Event).where(Event.id.in_(ids)).values(status="received")
-        )
+        db.session.execute(update(Event).where(Event.id.in_(ids)).values(status="received"))
     return ids
 
 

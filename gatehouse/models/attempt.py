@@ -15,9 +15,7 @@ class EventAttempt(Base):
     __table_args__ = (Index("ix_event_attempts_event_id_number", "event_id", "number"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    event_id: Mapped[str] = mapped_column(
-        String(26), ForeignKey("events.id", ondelete="CASCADE")
-    )
+    event_id: Mapped[str] = mapped_column(String(26), ForeignKey("events.id", ondelete="CASCADE"))
     number: Mapped[int]
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]

@@ -150,9 +150,7 @@ def run_replay(replay_id: str) -> dict[str, Any]:
             )
             db.session.commit()
     db.session.execute(
-        update(Replay)
-        .where(Replay.id == replay_id)
-        .values(status="finished", finished_at=utcnow())
+        update(Replay).where(Replay.id == replay_id).values(status="finished", finished_at=utcnow())
     )
     db.session.commit()
     db.session.remove()
@@ -199,9 +197,7 @@ def preview(filters: EventFilter | None = None, event_ids: Sequence[str] = ()) -
     apply_event = import_attribute(APPLY_EVENT)
     db.session.rollback()
     if filters is not None:
-        ids = list(
-            db.session.execute(filters.apply(select(Event.id)).order_by(Event.id)).scalars()
-        )
+        ids = list(db.session.execute(filters.apply(select(Event.id)).order_by(Event.id)).scalars())
     else:
         ids = list(event_ids)
     session = db.session()

@@ -87,9 +87,7 @@ def test_admin_token_on_an_admin_endpoint_is_allowed(app: Flask) -> None:
     assert r.json == {"ok": True}
 
 
-def test_admin_token_may_read_what_a_reader_may(
-    app: Flask, client: FlaskClient, jane: str
-) -> None:
+def test_admin_token_may_read_what_a_reader_may(app: Flask, client: FlaskClient, jane: str) -> None:
     admin = create_token("admin")
 
     r = client.get(f"/api/members/{jane}/access", headers=bearer(admin))
@@ -125,18 +123,14 @@ def test_member_by_contact_has_the_contract_shape(
 
 
 def test_member_by_email(app: Flask, client: FlaskClient, jane: str) -> None:
-    r = client.get(
-        "/api/members?email=jane@example.com", headers=bearer(create_token("reader"))
-    )
+    r = client.get("/api/members?email=jane@example.com", headers=bearer(create_token("reader")))
 
     assert [m["id"] for m in r.json["members"]] == [jane]
 
 
 def test_member_by_email_ignores_case(app: Flask, client: FlaskClient, jane: str) -> None:
     """A support agent types the address as the member spelled it on the phone."""
-    r = client.get(
-        "/api/members?email=%20Jane@Example.COM", headers=bearer(create_token("reader"))
-    )
+    r = client.get("/api/members?email=%20Jane@Example.COM", headers=bearer(create_token("reader")))
 
     assert [m["id"] for m in r.json["members"]] == [jane]
 

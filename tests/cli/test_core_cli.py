@@ -187,9 +187,7 @@ def test_sources_commands_refuse_bad_input(app: Flask, args: list[str], message:
     assert message in result.output
 
 
-def test_sources_remove_without_events_deletes_the_source(
-    app: Flask, client: FlaskClient
-) -> None:
+def test_sources_remove_without_events_deletes_the_source(app: Flask, client: FlaskClient) -> None:
     cli(app, "sources", "add", "bridge", "--kind", "standard")
 
     result = cli(app, "sources", "remove", "bridge")
@@ -273,9 +271,7 @@ def write_rules(tmp_path: Path, content: str, name: str = "rules.yaml") -> str:
     return str(path)
 
 
-def test_access_load_refuses_an_invalid_file_naming_the_field(
-    app: Flask, tmp_path: Path
-) -> None:
+def test_access_load_refuses_an_invalid_file_naming_the_field(app: Flask, tmp_path: Path) -> None:
     result = cli(app, "access", "load", write_rules(tmp_path, INVALID_RULES))
 
     assert result.exit_code != 0

@@ -54,9 +54,7 @@ seconds = st.integers(min_value=0, max_value=6)
 tag_event = st.one_of(
     st.builds(Spec, type=st.just("contact.tags_set"), second=seconds, tags=tag_sets),
     st.builds(Spec, type=st.just("contact.tag_added"), second=seconds, tag=st.sampled_from(TAGS)),
-    st.builds(
-        Spec, type=st.just("contact.tag_removed"), second=seconds, tag=st.sampled_from(TAGS)
-    ),
+    st.builds(Spec, type=st.just("contact.tag_removed"), second=seconds, tag=st.sampled_from(TAGS)),
 )
 provision = st.builds(
     Spec,
@@ -205,9 +203,15 @@ def test_tags_asserted_before_the_member_exists_count_once_it_does(app: Flask) -
 
     assert tags == ["101"]
     assert access is not None and access["groups"] == ["gold"]
-    first = db.session.execute(
-        select(Event.status).where(Event.external_id.endswith(":msg_00")).order_by(Event.id.desc())
-    ).scalars().first()
+    first = (
+        db.session.execute(
+            select(Event.status)
+            .where(Event.external_id.endswith(":msg_00"))
+            .order_by(Event.id.desc())
+        )
+        .scalars()
+        .first()
+    )
     assert first == "skipped"
     assert db.session.execute(select(Member)).scalars().first() is not None
 

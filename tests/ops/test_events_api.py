@@ -55,9 +55,7 @@ def test_cursor_pages_cover_every_event_once(app: Flask, client: FlaskClient) ->
     seen: list[str] = []
     cursor = ""
     while True:
-        r = client.get(
-            f"/api/events?source=bridge&limit=3&cursor={cursor}", headers=bearer(admin)
-        )
+        r = client.get(f"/api/events?source=bridge&limit=3&cursor={cursor}", headers=bearer(admin))
         assert r.status_code == 200, r.json
         seen += [e["id"] for e in r.json["events"]]
         cursor = r.json["next_cursor"]
@@ -194,8 +192,12 @@ def test_dry_run_reports_permission_changes_and_writes_nothing(
         "dry_run": True,
         "matched": 1,
         "changes": [
-            {"member_id": member_id, "new_member": False, "added": ["section:community"],
-             "removed": []}
+            {
+                "member_id": member_id,
+                "new_member": False,
+                "added": ["section:community"],
+                "removed": [],
+            }
         ],
         "errors": [],
     }
@@ -238,7 +240,10 @@ def test_bulk_replay_covers_every_matching_event_and_reports_progress(
 
     done = client.get(f"/api/replays/{replay_id}", headers=bearer(admin)).json
     assert (done["status"], done["done"], done["failed"], done["remaining"]) == (
-        "finished", 5, 0, 0
+        "finished",
+        5,
+        0,
+        0,
     )
     db.session.expire_all()
     statuses = {e.id: e.status for e in db.session.query(Event).filter(Event.id.in_(failed))}
@@ -246,7 +251,9 @@ def test_bulk_replay_covers_every_matching_event_and_reports_progress(
     assert db.session.query(EventAttempt).filter(EventAttempt.event_id.in_(failed)).count() == 10
     [entry] = client.get("/api/audit", headers=bearer(admin)).json["entries"]
     assert (entry["token"], entry["action"], entry["target"]) == (
-        "night-shift", "events.replay", replay_id
+        "night-shift",
+        "events.replay",
+        replay_id,
     )
     assert entry["detail"]["matched"] == 5
 

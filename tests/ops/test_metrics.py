@@ -65,9 +65,11 @@ def test_metrics_count_received_processed_failed_lag_and_queue_depth(
     assert r.status_code == 202
     assert relay_all(app) == 1
     queued = scrape(client)
-    assert value(queued, "gatehouse_events_received_total", source=slug, type=tag) - value(
-        before, "gatehouse_events_received_total", source=slug, type=tag
-    ) == 1
+    assert (
+        value(queued, "gatehouse_events_received_total", source=slug, type=tag)
+        - value(before, "gatehouse_events_received_total", source=slug, type=tag)
+        == 1
+    )
     assert value(queued, "gatehouse_queue_depth", queue="gatehouse", state="queued") == 1
     run_worker(app)
 
@@ -77,9 +79,10 @@ def test_metrics_count_received_processed_failed_lag_and_queue_depth(
         run_worker(app)
     after = scrape(client)
     assert value(after, "gatehouse_queue_depth", queue="gatehouse", state="queued") == 0
-    assert value(
-        after, "gatehouse_events_processed_total", source=slug, type=tag, status="processed"
-    ) == 1
+    assert (
+        value(after, "gatehouse_events_processed_total", source=slug, type=tag, status="processed")
+        == 1
+    )
     assert value(after, "gatehouse_events_failed_total", source=slug, type=tag) == 1
     assert value(after, "gatehouse_processing_lag_seconds_count", source=slug) == 2
     assert value(after, "gatehouse_processing_lag_seconds_bucket", source=slug, le="+Inf") == 2
@@ -125,16 +128,47 @@ def test_metrics_add_up_across_gunicorn_workers_that_come_and_go(
     }
     slug = "multi"
     secret = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "sources", "add", slug,
-         "--kind", "standard", "--crm", "keap"],
-        cwd=REPO, env=env, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "wsgi",
+            "sources",
+            "add",
+            slug,
+            "--kind",
+            "standard",
+            "--crm",
+            "keap",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     secret = next(w for w in secret.split() if w.startswith("whsec_"))
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "wsgi:app", "--config", "gunicorn.conf.py",
-         "--bind", f"127.0.0.1:{port}", "--workers", "2", "--max-requests", "2"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "wsgi:app",
+            "--config",
+            "gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--max-requests",
+            "2",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -155,9 +189,10 @@ def test_metrics_add_up_across_gunicorn_workers_that_come_and_go(
         for _ in range(4):
             with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:  # noqa: S310
                 s = samples(answer.read().decode())
-            assert value(
-                s, "gatehouse_events_received_total", source=slug, type="contact.tag_added"
-            ) == 6
+            assert (
+                value(s, "gatehouse_events_received_total", source=slug, type="contact.tag_added")
+                == 6
+            )
         pids = {p.name.rsplit("_", 1)[-1] for p in (tmp_path / "prom").glob("counter_*.db")}
         assert len(pids) >= 3, pids
     finally:

@@ -96,9 +96,7 @@ def test_sweep_while_redis_is_down_fails_with_advice_and_leaves_events_received(
     assert status_of(event_id) == "received"
 
 
-def test_queued_event_whose_job_vanished_is_queued_again(
-    app: Flask, client: FlaskClient
-) -> None:
+def test_queued_event_whose_job_vanished_is_queued_again(app: Flask, client: FlaskClient) -> None:
     event_id = post_genpass(client)
     redis_client.get(app).flushall()  # a Redis restart without persistence
 

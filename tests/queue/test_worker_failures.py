@@ -81,9 +81,7 @@ def test_failure_before_the_last_try_leaves_the_event_queued_for_the_retry(
     assert get_queue(later).scheduled_job_registry.get_job_ids() == [event_id]
 
 
-def test_event_is_failed_only_after_every_retry_was_used(
-    app: Flask, retrying_app: Flask
-) -> None:
+def test_event_is_failed_only_after_every_retry_was_used(app: Flask, retrying_app: Flask) -> None:
     event_id = broken_event()
     assert enqueue_events([event_id], retrying_app)
 

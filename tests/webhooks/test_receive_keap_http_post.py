@@ -248,9 +248,7 @@ def test_key_made_for_another_source_answers_401_even_with_the_same_secret(
 ) -> None:
     create_source("keap-two", "keap-http-post", crm="keap", secret=secret)
 
-    r = client.post(
-        f"/hooks/keap-two?genpass={make_key(secret, SLUG, 'genpass')}", data=form()
-    )
+    r = client.post(f"/hooks/keap-two?genpass={make_key(secret, SLUG, 'genpass')}", data=form())
 
     assert r.status_code == 401
     assert_nothing_stored(app)
