@@ -170,6 +170,12 @@ def _apply_batch(
 def _prepare_lean(
     event_ids: Sequence[str], run_alone: Collection[str]
 ) -> tag_batch.Prepared | None:
+    """The lean path's first read, which needs no lock. On SQLite, a read of its own, ended
+    before the write turn that web inserts wait for. Elsewhere there is no turn to shorten:
+    it is the first statement of the batch's transaction (one transaction a batch, not two;
+    a transaction of its own made PostgreSQL's lag worse: docs/benchmarks.md)."""
+    if not takes_turns(db.engine):
+        return tag_batch.prepare(event_ids, run_alone)
     began = begin_read_only()
     try:
         return tag_batch.prepare(event_ids, run_alone)
@@ -194,19 +200,13 @@ def process_events(
     started = time.perf_counter()
     started_at = utcnow()
     try:
-        # The lean path's first read needs no lock. On SQLite it runs before the write turn
-        # that web inserts wait for, in a read of its own; elsewhere there is no turn to
-        # shorten, and it joins the batch's transaction (one transaction a batch, not two).
-        early = lean and takes_turns(db.engine)
-        prepared = _prepare_lean(event_ids, run_alone) if early else None
+        prepared = _prepare_lean(event_ids, run_alone) if lean else None
         # On SQLite, the batch takes its turn at the single write lock with the web inserts,
         # the relay and the other worker (`write_turn`: the kernel wakes the next writer the
         # moment it is free, where SQLite's own wait sleeps up to 100 ms a step).
         with write_turn(db.engine):
             try:
-                if lean and not early:
-                    prepared = tag_batch.prepare(event_ids, run_alone)
-                # It steps aside (None) for any batch it does not handle.
+                # The lean path steps aside (None) for any batch it does not handle.
                 batch = tag_batch.apply(prepared, started_at) if prepared else None
                 if batch is None:
                     batch = _apply_batch(event_ids, run_alone, started_at)

@@ -180,6 +180,16 @@ class Prepared:
     wanted: dict[tuple[str, str], set[str]]
 
 
+def _named_tags(
+    plan: list[tuple[Any, tuple[str, str], list[str]]],
+) -> dict[tuple[str, str], set[str]]:
+    """Per contact (crm, id), every tag the plan's events name."""
+    wanted: dict[tuple[str, str], set[str]] = {}
+    for _row, key, tags in plan:
+        wanted.setdefault(key, set()).update(tags)
+    return wanted
+
+
 def prepare(event_ids: Sequence[str], run_alone: Collection[str]) -> Prepared | None:
     """Read the batch's events, or return None when any of them is not a plain single-tag
     event (a type run alone or handled elsewhere, a profile stated) or none exists. Reads
@@ -187,7 +197,6 @@ def prepare(event_ids: Sequence[str], run_alone: Collection[str]) -> Prepared | 
     rows = db.session.execute(_SELECT_EVENTS, {"ids": list(event_ids)}).all()
     if not rows:
         return None
-    wanted: dict[tuple[str, str], set[str]] = {}
     plan = []
     for row in rows:
         tags = contact_events.named_tags(row.type, row.payload)
@@ -196,9 +205,8 @@ def prepare(event_ids: Sequence[str], run_alone: Collection[str]) -> Prepared | 
             return None
         if HANDLERS.get(row.type) is not contact_events.SINGLE_TAG_HANDLERS[row.type]:
             return None  # the dispatch maps the type elsewhere (a new handler, a test's)
-        wanted.setdefault(key, set()).update(tags)
         plan.append((row, key, tags))
-    return Prepared(event_ids, plan, wanted)
+    return Prepared(event_ids, plan, _named_tags(plan))
 
 
 def apply(prepared: Prepared, started_at: datetime) -> BatchOutcome | None:
@@ -216,9 +224,7 @@ def apply(prepared: Prepared, started_at: datetime) -> BatchOutcome | None:
         plan = [p for p in plan if p[0].id in attempts_of]
         if not plan:
             return None
-        wanted = {}
-        for _row, key, tags in plan:
-            wanted.setdefault(key, set()).update(tags)
+        wanted = _named_tags(plan)
     contacts = {}
     for contact in session.execute(
         _LOCK_CONTACTS,

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, select
 
-from gatehouse.extensions import db
-from gatehouse.handlers import dispatch, tag_batch
+from gatehouse.extensions import db, takes_turns
+from gatehouse.handlers import dispatch, jobs, tag_batch
 from gatehouse.handlers.jobs import process_events
 from gatehouse.handlers.outcome import BatchOutcome
 from gatehouse.models import (
@@ -416,11 +416,10 @@ def test_the_tags_read_returns_exactly_the_named_pairs_in_slices(app: Flask) -> 
 def write_turn_now() -> Iterator[None]:
     """The write turn (SQLite files), taken without waiting, as another process takes it:
     raises BlockingIOError if it is held."""
-    url = db.engine.url
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+    if not takes_turns(db.engine):
         yield
         return
-    fd = os.open(f"{url.database}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(f"{db.engine.url.database}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield
@@ -458,11 +457,24 @@ def test_the_lean_paths_event_read_leaves_the_database_writable(
         return prepared
 
     monkeypatch.setattr(tag_batch, "prepare", prepare_then_write_elsewhere)
+    in_transaction_at_the_turn: list[bool] = []
+    turn = jobs.write_turn
+
+    @contextmanager
+    def watched_turn(engine: Any) -> Iterator[None]:
+        in_transaction_at_the_turn.append(db.session().in_transaction())
+        with turn(engine):
+            yield
+
+    monkeypatch.setattr(jobs, "write_turn", watched_turn)
 
     results = process_events(ids)
 
     assert writable == [True]
     assert [results[i]["status"] for i in ids] == ["processed", "processed"]
+    # SQLite: the read ended before the turn (the turn's BEGIN IMMEDIATE comes after it).
+    # PostgreSQL: the read is the batch transaction's first statement, one transaction.
+    assert in_transaction_at_the_turn == [not takes_turns(db.engine)]
 
 
 def test_an_event_deleted_between_the_read_and_the_write_is_reported_missing(
