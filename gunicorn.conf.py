@@ -1,4 +1,4 @@
-"""gunicorn settings for `web` (Procfile). Prometheus multiprocess mode lives here.
+"""gunicorn settings for `web` (Procfile): the worker class, and Prometheus multiprocess mode.
 
 Each gunicorn worker is its own process with its own counters. With
 PROMETHEUS_MULTIPROC_DIR set, prometheus-client writes every process's counts to files in
@@ -13,6 +13,10 @@ import os
 from typing import Any
 
 from gatehouse.config import INSTANCE_DIR
+from gatehouse.serving import WORKER_CLASS
+
+# gunicorn's sync worker, closing a finished connection without waiting for the client.
+worker_class = WORKER_CLASS
 
 # A default that works for `make run`: every process started from this checkout agrees.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(INSTANCE_DIR / "prometheus"))

@@ -1,0 +1,149 @@
+"""The Procfile's web server: gunicorn's sync worker that closes a finished connection at
+once (`gatehouse.serving`), and lingers only when request bytes were left unread."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _serve(tmp_path: Path, *options: str) -> Iterator[int]:
+    port = free_port()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "tests.ops.tiny_wsgi:app",
+            *options,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)  # noqa: S310
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
+@pytest.fixture
+def procfile_server(tmp_path: Path) -> Iterator[int]:
+    """gunicorn started as the Procfile's `web` starts it (its config file)."""
+    yield from _serve(tmp_path, "--config", "gunicorn.conf.py")
+
+
+@pytest.fixture
+def stock_server(tmp_path: Path) -> Iterator[int]:
+    yield from _serve(tmp_path, "--worker-class", "sync")
+
+
+def _read_answer(conn: socket.socket) -> bytes:
+    """Read one answer (headers and Content-Length body) without closing."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def _second_request_seconds(port: int) -> float:
+    """A client reads its answer and keeps its end open; how long the next client waits."""
+    holder = socket.create_connection(("127.0.0.1", port))
+    try:
+        holder.sendall(b"GET / HTTP/1.1\r\nHost: gatehouse\r\n\r\n")
+        assert _read_answer(holder).startswith(b"HTTP/1.1 200")
+        started = time.perf_counter()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as answer:  # noqa: S310
+            assert answer.status == 200
+        return time.perf_counter() - started
+    finally:
+        holder.close()
+
+
+def test_a_client_that_keeps_its_connection_open_does_not_hold_the_worker(
+    procfile_server: int,
+) -> None:
+    assert _second_request_seconds(procfile_server) < 0.5
+
+
+def test_the_stock_sync_worker_waits_for_that_client(stock_server: int) -> None:
+    """What the Procfile's worker class is for: gunicorn's own sync worker lingers (up to
+    2 s) on the open connection before it serves anyone else. If a gunicorn upgrade stops
+    doing so, this fails and `gatehouse.serving` can go."""
+    assert _second_request_seconds(stock_server) > 1.5
+
+
+def test_unread_request_bytes_still_get_a_graceful_close(procfile_server: int) -> None:
+    """An answer sent before the body was read (an early rejection). Closed at once with
+    bytes unread, the connection would end in a reset instead of the server's FIN; some
+    clients then drop an answer they have not read yet."""
+    body = b"x" * 60_000
+    conn = socket.create_connection(("127.0.0.1", procfile_server))
+    try:
+        conn.sendall(
+            b"POST /unread HTTP/1.1\r\nHost: gatehouse\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        time.sleep(0.3)  # the server has answered and ended its side by now
+        answer = _read_answer(conn)
+        conn.settimeout(2)
+        assert conn.recv(1) == b""  # a FIN, not ConnectionResetError
+    finally:
+        conn.close()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert answer.endswith(b"answered without reading the body")
+
+
+def test_a_read_body_is_answered_and_closed(procfile_server: int) -> None:
+    body = b"y" * 60_000
+    conn = socket.create_connection(("127.0.0.1", procfile_server))
+    try:
+        conn.sendall(
+            b"POST /read HTTP/1.1\r\nHost: gatehouse\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        answer = _read_answer(conn)
+        conn.settimeout(2)
+        assert conn.recv(1) == b""  # the server's end is closed, with nothing left to read
+    finally:
+        conn.close()
+    assert answer.endswith(b"read 60000 bytes")
