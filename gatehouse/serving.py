@@ -19,6 +19,7 @@ hands the socket to gunicorn's own graceful close; otherwise it closes at once.
 from __future__ import annotations
 
 import socket
+
 from gunicorn import util
 from gunicorn.workers.sync import SyncWorker
 

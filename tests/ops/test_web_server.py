@@ -42,7 +42,7 @@ def _serve(tmp_path: Path, *options: str) -> Iterator[int]:
     try:
         for _ in range(200):
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)  # noqa: S310
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
                 break
             except OSError:
                 time.sleep(0.05)
@@ -92,7 +92,7 @@ def _second_request_seconds(port: int) -> float:
         holder.sendall(b"GET / HTTP/1.1\r\nHost: gatehouse\r\n\r\n")
         assert _read_answer(holder).startswith(b"HTTP/1.1 200")
         started = time.perf_counter()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as answer:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as answer:
             assert answer.status == 200
         return time.perf_counter() - started
     finally:
