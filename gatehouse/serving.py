@@ -1,5 +1,5 @@
-"""The gunicorn worker the Procfile's `web` runs: gunicorn's sync worker, except that a
-connection whose request was read whole is closed at once.
+"""How the Procfile's `web` serves: gunicorn's sync worker, except that a connection whose
+request was read whole is closed at once, and how many of them (`web_workers`).
 
 Since benoitc/gunicorn#3590 (in the 27.0.1 we pin) the sync worker ends every connection with
 `util.close_graceful`: it half-closes, then waits in `recv` until the client closes its end
@@ -18,6 +18,7 @@ hands the socket to gunicorn's own graceful close; otherwise it closes at once.
 
 from __future__ import annotations
 
+import os
 import socket
 
 from gunicorn import util
@@ -59,3 +60,17 @@ class PromptCloseWorker(SyncWorker):
 
 
 WORKER_CLASS = f"{__name__}.{PromptCloseWorker.__name__}"
+
+
+def web_workers(database_url: str, cores: int | None = None) -> int:
+    """The number of web workers for a database.
+
+    A sync worker serves one request at a time. On PostgreSQL it waits for every insert's
+    commit (a round trip and the log flush) with its core idle, so one worker more than
+    cores fills that time: 0.47x hello-world's rate against 0.40x with as many as cores,
+    hello-world on the same count (docs/benchmarks.md, "A worker that closes at once").
+    On SQLite the writers take turns at one lock and a third worker measured the same
+    as two; one per core keeps fewer processes waiting for that turn.
+    """
+    cores = cores or len(os.sched_getaffinity(0))
+    return cores if database_url.startswith("sqlite") else cores + 1
