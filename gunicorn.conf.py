@@ -12,19 +12,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from environs import Env
-
-from gatehouse.config import INSTANCE_DIR, REPO_ROOT
+from gatehouse.config import INSTANCE_DIR
 from gatehouse.serving import WORKER_CLASS, web_workers
 
 # gunicorn's sync worker, closing a finished connection without waiting for the client.
 worker_class = WORKER_CLASS
-# WEB_CONCURRENCY (or --workers) wins; else one per core on SQLite (the default database),
-# one more on PostgreSQL. DATABASE_URL may be in `.env`, as the app reads it.
-Env().read_env(str(REPO_ROOT / ".env"), override=False)
-workers = int(
-    os.environ.get("WEB_CONCURRENCY") or web_workers(os.environ.get("DATABASE_URL") or "sqlite:")
-)
+# WEB_CONCURRENCY (or --workers) wins; else one per core.
+workers = int(os.environ.get("WEB_CONCURRENCY") or web_workers())
 
 # A default that works for `make run`: every process started from this checkout agrees.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(INSTANCE_DIR / "prometheus"))

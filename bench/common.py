@@ -34,16 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SECRET_KEY = "bench-secret-key-not-for-production-0123456789"
 # The same server settings for the app and for the hello-world baseline.
+# The Procfile's count (one per core) unless BENCH_GUNICORN_WORKERS says otherwise.
+GUNICORN_WORKERS = int(os.environ.get("BENCH_GUNICORN_WORKERS") or web_workers())
 # The Procfile's worker class (gunicorn's sync worker, closing a finished connection at once:
 # gatehouse.serving); BENCH_GUNICORN_CLASS=sync measures gunicorn's own.
 GUNICORN_CLASS = os.environ.get("BENCH_GUNICORN_CLASS", WORKER_CLASS)
 GUNICORN_THREADS = int(os.environ.get("BENCH_GUNICORN_THREADS", "1"))
-
-
-def gunicorn_workers(env: dict[str, str]) -> int:
-    """The Procfile's count for the run's database (`gatehouse.serving.web_workers`), for
-    the app and hello-world alike; BENCH_GUNICORN_WORKERS sets another."""
-    return int(os.environ.get("BENCH_GUNICORN_WORKERS") or web_workers(env["DATABASE_URL"]))
 
 
 def tool(name: str) -> str:
@@ -289,7 +285,7 @@ def start_gunicorn(
     env: dict[str, str],
     name: str = "gunicorn",
     port: int | None = None,
-    workers: int | None = None,
+    workers: int = GUNICORN_WORKERS,
     worker_class: str = GUNICORN_CLASS,
 ) -> tuple[Proc, int]:
     port = port or free_port()
@@ -299,7 +295,7 @@ def start_gunicorn(
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
-        str(workers or gunicorn_workers(env)),
+        str(workers),
         "--worker-class",
         worker_class,
         "--threads",

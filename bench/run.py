@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 from bench import seed
 from bench.common import (
     GUNICORN_CLASS,
+    GUNICORN_WORKERS,
     ROOT,
     Proc,
     RedisProc,
@@ -44,7 +45,6 @@ from bench.common import (
     create_schema,
     dump_json,
     flask_cli,
-    gunicorn_workers,
     percentile,
     sqlite_url,
     start_gunicorn,
@@ -101,7 +101,6 @@ class Bench:
                 )
             self.db_url = args.database_url
         self.env = app_env(self.db_url, self.redis.url, GATEHOUSE_RETRY_INTERVALS="10,60")
-        self.gunicorn_workers = gunicorn_workers(self.env)
         create_schema(self.db_url, self.redis.url, self.env)
         self.app = seed.make_app(app_config(self.env))
         self.secret = seed.add_sources(self.app, {"bench": "standard"})["bench"]
@@ -756,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": started.isoformat(),
         "seconds": round(time.perf_counter() - t0, 1),
         "database": args.database,
-        "gunicorn": {"workers": bench.gunicorn_workers, "worker_class": GUNICORN_CLASS},
+        "gunicorn": {"workers": GUNICORN_WORKERS, "worker_class": GUNICORN_CLASS},
         "settings": {
             "seconds": args.seconds,
             "ingest_rounds": args.rounds,

@@ -62,15 +62,14 @@ class PromptCloseWorker(SyncWorker):
 WORKER_CLASS = f"{__name__}.{PromptCloseWorker.__name__}"
 
 
-def web_workers(database_url: str, cores: int | None = None) -> int:
-    """The number of web workers for a database.
+def web_workers(cores: int | None = None) -> int:
+    """The number of web workers: one per core.
 
-    A sync worker serves one request at a time. On PostgreSQL it waits for every insert's
-    commit (a round trip and the log flush) with its core idle, so one worker more than
-    cores fills that time: 0.47x hello-world's rate against 0.40x with as many as cores,
-    hello-world on the same count (docs/benchmarks.md, "A worker that closes at once").
-    On SQLite the writers take turns at one lock and a third worker measured the same
-    as two; one per core keeps fewer processes waiting for that turn.
+    A sync worker serves one request at a time. On SQLite the writers take turns at one
+    lock, and a third worker on two cores measured the same as two. On PostgreSQL a third
+    worker fills the time each one waits for its commit (ingest 0.43-0.48x hello-world's
+    rate against 0.39-0.43x), but the web tier then takes the cores the queue worker beside
+    it needs: the lag phase fell behind in four of seven runs (docs/benchmarks.md, "A worker
+    that closes at once", 3).
     """
-    cores = cores or len(os.sched_getaffinity(0))
-    return cores if database_url.startswith("sqlite") else cores + 1
+    return cores or len(os.sched_getaffinity(0))

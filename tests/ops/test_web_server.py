@@ -151,30 +151,13 @@ def test_a_read_body_is_answered_and_closed(procfile_server: int) -> None:
     assert answer.endswith(b"read 60000 bytes")
 
 
-def test_web_workers_one_per_core_on_sqlite_one_more_elsewhere() -> None:
-    assert web_workers("sqlite:////srv/gatehouse.db", cores=2) == 2
-    assert web_workers("postgresql+psycopg://gatehouse@db/gatehouse", cores=2) == 3
-    assert web_workers("postgresql://db/gatehouse", cores=4) == 5
-
-
-@pytest.mark.parametrize(
-    ("database_url", "concurrency", "expected"),
-    [
-        ("sqlite:////tmp/g.db", "", web_workers("sqlite:")),
-        ("postgresql+psycopg://db/gatehouse", "", web_workers("postgresql://")),
-        ("postgresql+psycopg://db/gatehouse", "7", 7),
-    ],
-)
-def test_the_procfile_config_sizes_the_workers_by_database(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    database_url: str,
-    concurrency: str,
-    expected: int,
+@pytest.mark.parametrize(("concurrency", "expected"), [("", web_workers()), ("7", 7)])
+def test_the_procfile_config_runs_one_worker_per_core_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, concurrency: str, expected: int
 ) -> None:
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prom"))
-    monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("WEB_CONCURRENCY", concurrency)
     settings = runpy.run_path(str(REPO / "gunicorn.conf.py"))
     assert settings["workers"] == expected
     assert settings["worker_class"] == "gatehouse.serving.PromptCloseWorker"
+    assert web_workers() == len(os.sched_getaffinity(0))
