@@ -28,14 +28,13 @@ import psutil
 import redis
 
 from gatehouse.devtools import free_port, redis_server_binary
-from gatehouse.serving import WORKER_CLASS, web_workers
+from gatehouse.serving import WORKER_CLASS
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SECRET_KEY = "bench-secret-key-not-for-production-0123456789"
 # The same server settings for the app and for the hello-world baseline.
-# The Procfile's count (one per core) unless BENCH_GUNICORN_WORKERS says otherwise.
-GUNICORN_WORKERS = int(os.environ.get("BENCH_GUNICORN_WORKERS") or web_workers())
+GUNICORN_WORKERS = int(os.environ.get("BENCH_GUNICORN_WORKERS", "2"))  # the Procfile's
 # The Procfile's worker class (gunicorn's sync worker, closing a finished connection at once:
 # gatehouse.serving); BENCH_GUNICORN_CLASS=sync measures gunicorn's own.
 GUNICORN_CLASS = os.environ.get("BENCH_GUNICORN_CLASS", WORKER_CLASS)

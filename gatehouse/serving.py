@@ -1,5 +1,5 @@
-"""How the Procfile's `web` serves: gunicorn's sync worker, except that a connection whose
-request was read whole is closed at once, and how many of them (`web_workers`).
+"""The gunicorn worker the Procfile's `web` runs: gunicorn's sync worker, except that a
+connection whose request was read whole is closed at once.
 
 Since benoitc/gunicorn#3590 (in the 27.0.1 we pin) the sync worker ends every connection with
 `util.close_graceful`: it half-closes, then waits in `recv` until the client closes its end
@@ -18,7 +18,6 @@ hands the socket to gunicorn's own graceful close; otherwise it closes at once.
 
 from __future__ import annotations
 
-import os
 import socket
 
 from gunicorn import util
@@ -60,16 +59,3 @@ class PromptCloseWorker(SyncWorker):
 
 
 WORKER_CLASS = f"{__name__}.{PromptCloseWorker.__name__}"
-
-
-def web_workers(cores: int | None = None) -> int:
-    """The number of web workers: one per core.
-
-    A sync worker serves one request at a time. On SQLite the writers take turns at one
-    lock, and a third worker on two cores measured the same as two. On PostgreSQL a third
-    worker fills the time each one waits for its commit (ingest 0.43-0.48x hello-world's
-    rate against 0.39-0.43x), but the web tier then takes the cores the queue worker beside
-    it needs: the lag phase fell behind in four of seven runs (docs/benchmarks.md, "A worker
-    that closes at once", 3).
-    """
-    return cores or len(os.sched_getaffinity(0))
