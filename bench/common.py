@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SECRET_KEY = "bench-secret-key-not-for-production-0123456789"
 # The same server settings for the app and for the hello-world baseline.
-GUNICORN_WORKERS = int(os.environ.get("BENCH_GUNICORN_WORKERS", "2"))  # the Procfile's
-# The Procfile's worker class (gunicorn's sync worker, closing a finished connection at once:
+GUNICORN_WORKERS = int(os.environ.get("BENCH_GUNICORN_WORKERS", "2"))  # gunicorn.conf.py's
+# gunicorn.conf.py's worker class (gunicorn's sync worker, closing a finished connection at once:
 # gatehouse.serving); BENCH_GUNICORN_CLASS=sync measures gunicorn's own.
 GUNICORN_CLASS = os.environ.get("BENCH_GUNICORN_CLASS", WORKER_CLASS)
 GUNICORN_THREADS = int(os.environ.get("BENCH_GUNICORN_THREADS", "1"))
