@@ -5,9 +5,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -16,6 +21,7 @@ from sqlalchemy import text
 from standardwebhooks import Webhook
 
 from gatehouse.crypto import hash_token, new_token
+from gatehouse.devtools import free_port
 from gatehouse.extensions import db
 from gatehouse.logs import JsonFormatter
 from gatehouse.models import ApiToken
@@ -155,3 +161,34 @@ def json_log_lines() -> Iterator[io.StringIO]:
         for lg, level in zip(loggers, levels, strict=True):
             lg.removeHandler(handler)
             lg.setLevel(level)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def gunicorn_serving(app_spec: str, *options: str, env: dict[str, str]) -> Iterator[int]:
+    """A real gunicorn for `app_spec`, run from the repository on a free loopback port;
+    yields the port once `/healthz` answers, and stops it after."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", app_spec, *options, "--bind", f"127.0.0.1:{port}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"gunicorn {app_spec} {options} did not start") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(20)

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -21,11 +20,17 @@ from sqlalchemy import create_engine
 
 from gatehouse.models import Base
 from gatehouse.queue.relay import relay_all
-from tests.conftest import SECRET_KEY, RedisServer, free_port
-from tests.helpers import bearer, create_source, create_token, run_worker, standard_headers
+from tests.conftest import SECRET_KEY, RedisServer
+from tests.helpers import (
+    REPO,
+    bearer,
+    create_source,
+    create_token,
+    gunicorn_serving,
+    run_worker,
+    standard_headers,
+)
 from tests.ops.scenario import broken, post_tag, setup_member
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -149,35 +154,10 @@ def test_metrics_add_up_across_gunicorn_workers_that_come_and_go(
         check=True,
     ).stdout
     secret = next(w for w in secret.split() if w.startswith("whsec_"))
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "wsgi:app",
-            "--config",
-            "gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--max-requests",
-            "2",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=2)  # noqa: S310
-                break
-            except OSError:
-                time.sleep(0.1)
+    with gunicorn_serving(
+        "wsgi:app", "--config", "gunicorn.conf.py", "--workers", "2", "--max-requests", "2", env=env
+    ) as port:
+        base = f"http://127.0.0.1:{port}"
         for i in range(6):
             body = json.dumps(
                 {"type": "contact.tag_added", "contact": {"id": "1"}, "tag": str(i)}
@@ -195,6 +175,3 @@ def test_metrics_add_up_across_gunicorn_workers_that_come_and_go(
             )
         pids = {p.name.rsplit("_", 1)[-1] for p in (tmp_path / "prom").glob("counter_*.db")}
         assert len(pids) >= 3, pids
-    finally:
-        server.terminate()
-        server.wait(20)

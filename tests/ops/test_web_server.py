@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import runpy
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -15,42 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, gunicorn_serving
 
 
 def _serve(tmp_path: Path, *options: str) -> Iterator[int]:
-    port = free_port()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "tests.ops.tiny_wsgi:app",
-            *options,
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.05)
+    with gunicorn_serving("tests.ops.tiny_wsgi:app", *options, "--workers", "1", env=env) as port:
         yield port
-    finally:
-        server.terminate()
-        server.wait(20)
 
 
 @pytest.fixture
@@ -86,6 +55,16 @@ def _read_answer(conn: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
+def _post(port: int, path: str, body: bytes) -> socket.socket:
+    """Send a whole POST on a connection of its own, and leave the answer to the caller."""
+    conn = socket.create_connection(("127.0.0.1", port))
+    conn.sendall(
+        b"POST %s HTTP/1.1\r\nHost: gatehouse\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: %d\r\n\r\n" % (path.encode(), len(body)) + body
+    )
+    return conn
+
+
 def _second_request_seconds(port: int) -> float:
     """A client reads its answer and keeps its end open; how long the next client waits."""
     holder = socket.create_connection(("127.0.0.1", port))
@@ -117,13 +96,8 @@ def test_unread_request_bytes_still_get_a_graceful_close(procfile_server: int) -
     """An answer sent before the body was read (an early rejection). Closed at once with
     bytes unread, the connection would end in a reset instead of the server's FIN; some
     clients then drop an answer they have not read yet."""
-    body = b"x" * 60_000
-    conn = socket.create_connection(("127.0.0.1", procfile_server))
+    conn = _post(procfile_server, "/unread", b"x" * 60_000)
     try:
-        conn.sendall(
-            b"POST /unread HTTP/1.1\r\nHost: gatehouse\r\nContent-Type: text/plain\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body) + body
-        )
         time.sleep(0.3)  # the server has answered and ended its side by now
         answer = _read_answer(conn)
         conn.settimeout(2)
@@ -135,13 +109,8 @@ def test_unread_request_bytes_still_get_a_graceful_close(procfile_server: int) -
 
 
 def test_a_read_body_is_answered_and_closed(procfile_server: int) -> None:
-    body = b"y" * 60_000
-    conn = socket.create_connection(("127.0.0.1", procfile_server))
+    conn = _post(procfile_server, "/read", b"y" * 60_000)
     try:
-        conn.sendall(
-            b"POST /read HTTP/1.1\r\nHost: gatehouse\r\nContent-Type: text/plain\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body) + body
-        )
         answer = _read_answer(conn)
         conn.settimeout(2)
         assert conn.recv(1) == b""  # the server's end is closed, with nothing left to read
