@@ -1,9 +1,12 @@
-"""The benchmark's own measuring parts: how ingest rounds are pooled, and how lag hears the
-cache writes (`bench.run`). A regression here would move a figure in docs/benchmarks.md."""
+"""The benchmark's own measuring parts: the server settings it measures on, how ingest rounds
+are pooled, and how lag hears the cache writes (`bench.run`). A regression here would move a
+figure in docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import json
+import os
+import runpy
 import threading
 import time
 from collections.abc import Iterator
@@ -14,11 +17,26 @@ from typing import Any
 import pytest
 import redis
 
+from bench.common import GUNICORN_CLASS, GUNICORN_WORKERS
 from bench.load import WrkResult, have_wrk, post_paced, standard_request
 from bench.run import CacheWriteWatch, answered_per_s, pooled
 from tests.conftest import RedisServer
+from tests.helpers import REPO
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def test_the_bench_serves_the_app_and_hello_world_as_the_procfile_serves_the_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both run on `start_gunicorn`'s defaults; those must be gunicorn.conf.py's, or the
+    figures would describe a server nobody deploys."""
+    if os.environ.get("BENCH_GUNICORN_CLASS") or os.environ.get("BENCH_GUNICORN_WORKERS"):
+        pytest.skip("the bench's server settings are overridden in this environment")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prom"))
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    procfile = runpy.run_path(str(REPO / "gunicorn.conf.py"))
+    assert (GUNICORN_CLASS, GUNICORN_WORKERS) == (procfile["worker_class"], procfile["workers"])
 
 
 def wrk(requests: int, seconds: float, p50: float, p99: float) -> WrkResult:
