@@ -139,3 +139,30 @@ def test_the_key_layout_is_a_hash_with_version_and_body(app: Flask) -> None:
 
     assert stored[b"v"] == b"5"
     assert json.loads(stored[b"body"])["version"] == 5
+
+
+def test_one_write_checks_each_answers_version_on_its_own_in_every_slice(
+    app: Flask, monkeypatch: Any
+) -> None:
+    """A batch's answers go to Redis together, in slices: each is still refused alone if
+    its key holds a newer version, and the last, short slice is written too."""
+    monkeypatch.setattr(cache, "ANSWERS_PER_WRITE", 2)
+    members = [f"m{n}" for n in range(5)]
+    write("m3", 9)  # a newer answer than the batch's for m3
+    gold = Access(groups=("gold",), permissions=("course:gold",), sections=(), landing=None)
+
+    cache.store({m: (4, cache.render(m, "active", gold, 4, utcnow()), gold) for m in members})
+
+    assert [cached(m)["version"] for m in members] == [4, 4, 4, 9, 4]
+    assert cached("m3")["permissions"] == []
+    assert cached("m4")["permissions"] == ["course:gold"]
+
+
+def test_a_write_after_redis_forgot_its_scripts_still_lands(app: Flask) -> None:
+    """A restarted Redis has no scripts loaded: the write loads its own and goes on."""
+    member_id = make_member("101")
+    redis_client.get(app).script_flush()
+
+    write(member_id, 3)
+
+    assert cached(member_id)["version"] == 3
