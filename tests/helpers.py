@@ -110,24 +110,33 @@ def event_count() -> int:
 @contextmanager
 def refusing_event_inserts() -> Iterator[None]:
     """Make the database really refuse to store events (a trigger), as a failing disk would."""
+    with refusing_inserts("events"):
+        yield
+
+
+@contextmanager
+def refusing_inserts(table: str) -> Iterator[None]:
+    """Make the database really refuse inserts into `table` (a trigger), as a failing disk
+    would."""
+    trigger = f"refuse_{table}"
     if db.engine.dialect.name == "sqlite":
         db.session.execute(
             text(
-                "CREATE TRIGGER refuse_events BEFORE INSERT ON events "
+                f"CREATE TRIGGER {trigger} BEFORE INSERT ON {table} "
                 "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
             )
         )
     else:
         db.session.execute(
             text(
-                "CREATE OR REPLACE FUNCTION refuse_events() RETURNS trigger AS $$ "
+                f"CREATE OR REPLACE FUNCTION {trigger}() RETURNS trigger AS $$ "
                 "BEGIN RAISE EXCEPTION 'disk I/O error'; END $$ LANGUAGE plpgsql"
             )
         )
         db.session.execute(
             text(
-                "CREATE TRIGGER refuse_events BEFORE INSERT ON events "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_events()"
+                f"CREATE TRIGGER {trigger} BEFORE INSERT ON {table} "
+                f"FOR EACH ROW EXECUTE FUNCTION {trigger}()"
             )
         )
     db.session.commit()
@@ -137,9 +146,9 @@ def refusing_event_inserts() -> Iterator[None]:
         db.session.rollback()
         if db.engine.dialect.name == "postgresql":
             # Functions outlive the tables each test drops.
-            db.session.execute(text("DROP FUNCTION refuse_events() CASCADE"))
+            db.session.execute(text(f"DROP FUNCTION {trigger}() CASCADE"))
         else:
-            db.session.execute(text("DROP TRIGGER IF EXISTS refuse_events"))
+            db.session.execute(text(f"DROP TRIGGER IF EXISTS {trigger}"))
         db.session.commit()
 
 

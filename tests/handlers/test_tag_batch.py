@@ -37,7 +37,7 @@ from gatehouse.models import (
     Source,
     TagSnapshot,
 )
-from tests.helpers import create_source
+from tests.helpers import create_source, refusing_inserts
 
 BASE = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 TAGS = ["101", "102", "103"]
@@ -384,6 +384,23 @@ def test_an_id_the_database_lacks_is_reported_missing_beside_a_lean_batch(
     assert lean_runs == [True]
     assert results[gone] == {"event": gone, "status": "missing"}
     assert results[ids[0]] == {"event": ids[0], "status": "processed", "members": ["member0"]}
+
+
+def test_a_write_the_database_refuses_rolls_the_whole_lean_batch_back(
+    app: Flask, lean_runs: list[bool]
+) -> None:
+    """The attempts' insert is the last of the batch's writes: its refusal must come out
+    of `process_events` (the worker then runs each job alone) and leave nothing of the
+    batch written, the tags, versions and event rows before it included."""
+    ids = scenario_with()
+    before = world()
+
+    with refusing_inserts("event_attempts"), pytest.raises(Exception, match="disk I/O error"):
+        process_events(ids)
+
+    assert lean_runs == []  # taken by the lean path (it would record False), then raised
+    assert world() == before
+    assert process_events(ids)[ids[0]]["status"] == "processed"  # nothing left half-done
 
 
 def test_the_tags_read_returns_exactly_the_named_pairs_in_slices(app: Flask) -> None:
