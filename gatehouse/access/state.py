@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from flask import current_app
 from sqlalchemy import bindparam, select
@@ -42,19 +43,25 @@ class LoadedMember:
 
 
 # Built once, with expanding IN parameters: building the clauses each call cost about as
-# much as running them (a worker refreshes its batch's members after every batch).
-_MEMBERS = select(Member.id, Member.access_version, Member.status, Member.all_access).where(
-    Member.id.in_(bindparam("ids", expanding=True))
+# much as running them (a worker refreshes its batch's members after every batch). On the
+# tables, not the ORM entities: the same rows, without the ORM's compile and loading steps
+# for each statement (about a third of the reads' CPU).
+_m: Any = Member.__table__.c
+_c: Any = Contact.__table__.c
+_t: Any = ContactTag.__table__.c
+_s: Any = Subscription.__table__.c
+_MEMBERS = select(_m.id, _m.access_version, _m.status, _m.all_access).where(
+    _m.id.in_(bindparam("ids", expanding=True))
 )
-_CONTACTS = select(Contact.id, Contact.member_id, Contact.crm).where(
-    Contact.member_id.in_(bindparam("ids", expanding=True)), Contact.state == "live"
+_CONTACTS = select(_c.id, _c.member_id, _c.crm).where(
+    _c.member_id.in_(bindparam("ids", expanding=True)), _c.state == "live"
 )
-_PRESENT_TAGS = select(ContactTag.contact_id, ContactTag.tag).where(
-    ContactTag.contact_id.in_(bindparam("ids", expanding=True)), ContactTag.present.is_(True)
+_PRESENT_TAGS = select(_t.contact_id, _t.tag).where(
+    _t.contact_id.in_(bindparam("ids", expanding=True)), _t.present.is_(True)
 )
-_SUBSCRIPTIONS = select(
-    Subscription.member_id, Subscription.product, Subscription.status, Subscription.past_due_since
-).where(Subscription.member_id.in_(bindparam("ids", expanding=True)))
+_SUBSCRIPTIONS = select(_s.member_id, _s.product, _s.status, _s.past_due_since).where(
+    _s.member_id.in_(bindparam("ids", expanding=True))
+)
 
 
 def load_states(member_ids: Sequence[str]) -> list[LoadedMember]:
