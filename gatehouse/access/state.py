@@ -45,7 +45,7 @@ class LoadedMember:
 # Built once, with expanding IN parameters: building the clauses each call cost about as
 # much as running them (a worker refreshes its batch's members after every batch). On the
 # tables, not the ORM entities: the same rows, without the ORM's compile and loading steps
-# for each statement (about a third of the reads' CPU).
+# for each statement (about a seventh of the reads' CPU: docs/benchmarks.md).
 _m: Any = Member.__table__.c
 _c: Any = Contact.__table__.c
 _t: Any = ContactTag.__table__.c
