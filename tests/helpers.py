@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -175,17 +176,35 @@ def json_log_lines() -> Iterator[io.StringIO]:
 REPO = Path(__file__).resolve().parents[1]
 
 
+def repo_python(
+    *args: str, env: dict[str, str] | None = None, quiet: bool = True
+) -> subprocess.Popen[bytes]:
+    """`python <args>` started from the repository (as the Procfile runs its commands), its
+    output discarded unless `quiet` is False."""
+    output = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env=env, stdout=output, stderr=output
+    )
+
+
+def app_process_env(app: Flask, **extra: str) -> dict[str, str]:
+    """The environment a process started beside `app` needs to use its database and Redis."""
+    return {
+        **os.environ,
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "REDIS_URL": app.config["REDIS_URL"],
+        "SECRET_KEY": app.config["SECRET_KEY"],
+        **extra,
+    }
+
+
 @contextmanager
 def gunicorn_serving(app_spec: str, *options: str, env: dict[str, str]) -> Iterator[int]:
     """A real gunicorn for `app_spec`, run from the repository on a free loopback port;
     yields the port once `/healthz` answers, and stops it after."""
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", app_spec, *options, "--bind", f"127.0.0.1:{port}"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    server = repo_python(
+        "-m", "gunicorn", app_spec, *options, "--bind", f"127.0.0.1:{port}", env=env
     )
     try:
         deadline = time.monotonic() + 20

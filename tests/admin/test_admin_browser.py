@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from werkzeug.serving import make_server
 
 from gatehouse.extensions import db
 from tests.conftest import free_port
-from tests.helpers import create_token
+from tests.helpers import app_process_env, create_token, repo_python
 from tests.ops.scenario import failed_tag_event, setup_member
 
 CHROMIUM = "/usr/bin/chromium"
@@ -36,7 +35,6 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM),
@@ -57,20 +55,8 @@ def served(app: Flask) -> Iterator[str]:
 
 @pytest.fixture
 def worker_process(app: Flask) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
-        "REDIS_URL": app.config["REDIS_URL"],
-        "SECRET_KEY": app.config["SECRET_KEY"],
-        "GATEHOUSE_SWEEP_INTERVAL": "2",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "worker"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    env = app_process_env(app, GATEHOUSE_SWEEP_INTERVAL="2")
+    proc = repo_python("-m", "flask", "--app", "wsgi", "worker", env=env)
     yield proc
     proc.terminate()
     proc.wait(20)

@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import gc
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
 from rq import Worker
 
 from gatehouse.extensions import redis_client
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import app_process_env, repo_python
 
 
 def test_worker_command_exits_on_sigterm_while_idle(app: Flask) -> None:
-    env = {
-        **os.environ,
-        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
-        "REDIS_URL": app.config["REDIS_URL"],
-        "SECRET_KEY": app.config["SECRET_KEY"],
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "worker"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = repo_python("-m", "flask", "--app", "wsgi", "worker", env=app_process_env(app))
     try:
         deadline = time.monotonic() + 30
         while not Worker.all(connection=redis_client.get(app)):

@@ -20,6 +20,7 @@ from tests.helpers import (
     keap_url,
     load_fixture,
     post_standard,
+    repo_python,
     run_worker,
 )
 
@@ -321,17 +322,11 @@ GatehouseWorker(app).work(with_scheduler=False, logging_level="WARNING")
 def test_a_running_worker_answers_within_a_second_of_the_posts(
     app: Flask, client: FlaskClient, keap: str, bridge: str, database_url: str, redis_server: Any
 ) -> None:
-    import subprocess
-    import sys
     import time
-    from pathlib import Path
 
     from rq import Worker
 
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WORKER, database_url, redis_server.url], cwd=root
-    )
+    proc = repo_python("-c", WORKER, database_url, redis_server.url, quiet=False)
     try:
         from gatehouse.extensions import redis_client
 

@@ -23,7 +23,7 @@ from gatehouse.extensions import db
 from gatehouse.handlers.jobs import process_event
 from gatehouse.handlers.tags import present_tags
 from gatehouse.models import AccessRules, Contact, Event, Member, Source, new_id
-from tests.helpers import create_source
+from tests.helpers import create_source, repo_python
 
 TAGS = ["101", "102", "103", "104"]
 RULES = """
@@ -246,9 +246,6 @@ def test_two_worker_processes_at_once_end_in_the_latest_assertions(
     app: Flask, database_url: str, redis_server: Any
 ) -> None:
     import random
-    import subprocess
-    import sys
-    from pathlib import Path
 
     from gatehouse.queue import enqueue_events
 
@@ -269,10 +266,8 @@ def test_two_worker_processes_at_once_end_in_the_latest_assertions(
     for event_id in rng.sample(ids, 15):
         assert enqueue_events([event_id])
 
-    root = Path(__file__).resolve().parents[2]
     workers = [
-        subprocess.Popen([sys.executable, "-c", WORKER, database_url, redis_server.url], cwd=root)
-        for _ in range(2)
+        repo_python("-c", WORKER, database_url, redis_server.url, quiet=False) for _ in range(2)
     ]
     for proc in workers:
         assert proc.wait(120) == 0
