@@ -109,13 +109,6 @@ def event_count() -> int:
 
 
 @contextmanager
-def refusing_event_inserts() -> Iterator[None]:
-    """Make the database really refuse to store events (a trigger), as a failing disk would."""
-    with refusing_inserts("events"):
-        yield
-
-
-@contextmanager
 def refusing_inserts(table: str) -> Iterator[None]:
     """Make the database really refuse inserts into `table` (a trigger), as a failing disk
     would."""

@@ -34,7 +34,7 @@ from tests.helpers import (
     event_count,
     load_fixture,
     post_standard,
-    refusing_event_inserts,
+    refusing_inserts,
     rq_job_keys,
     standard_headers,
 )
@@ -442,7 +442,7 @@ def test_unknown_event_type_is_stored_as_skipped_and_not_queued(
 def test_store_failure_answers_503_with_retry_after_and_queues_nothing(
     app: Flask, client: FlaskClient, secret: str
 ) -> None:
-    with refusing_event_inserts():
+    with refusing_inserts("events"):
         r = post_standard(client, SLUG, secret, tags_set(), "msg_503")
 
     assert r.status_code == 503
@@ -633,7 +633,7 @@ def test_without_an_app_context_a_store_failure_answers_503(
     app: Flask, client: FlaskClient, secret: str
 ) -> None:
     assert _post_as_gunicorn_does(client, secret, "msg_e1").status_code == 202
-    with refusing_event_inserts():
+    with refusing_inserts("events"):
         r = _post_as_gunicorn_does(client, secret, "msg_e2")
 
     assert r.status_code == 503

@@ -22,7 +22,7 @@ from gatehouse.extensions import db
 from gatehouse.models import Member, Source
 from gatehouse.sources import add_source
 from gatehouse.webhooks.source_cache import forget_sources
-from tests.helpers import refusing_event_inserts, run_worker
+from tests.helpers import refusing_inserts, run_worker
 from tests.webhooks.senders.support import (
     event_count,
     fixture_bytes,
@@ -154,7 +154,7 @@ def test_unreadable_configured_key_is_401_saying_how_to_fix_it(
 def test_store_failure_answers_429_with_retry_after(
     app: Flask, client: FlaskClient, key: Ed25519PrivateKey
 ) -> None:
-    with refusing_event_inserts():
+    with refusing_inserts("events"):
         r = post(client, key, fixture_bytes("ghl", "ContactDelete__single"))
     assert r.status_code == 429
     assert r.json["error"] == "unavailable"
