@@ -13,15 +13,13 @@ import os
 from typing import Any
 
 from gatehouse.config import INSTANCE_DIR
-from gatehouse.serving import WORKER_CLASS
+from gatehouse.serving import WEB_WORKERS, WORKER_CLASS
 
 # gunicorn's sync worker, closing a finished connection without waiting for the client.
 worker_class = WORKER_CLASS
-# Two, as measured best on a 2-core host that also runs the queue worker: on SQLite the web
-# workers take turns at one write lock, and on PostgreSQL a third one took the cores the
-# queue worker needed (docs/benchmarks.md, "A worker that closes at once", 3). A bigger host,
-# or one that runs only the web tier, sets WEB_CONCURRENCY (or --workers).
-workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
+# A bigger host, or one that runs only the web tier, sets WEB_CONCURRENCY (or --workers).
+# Read here too: gunicorn takes WEB_CONCURRENCY as its default, which this file overrides.
+workers = int(os.environ.get("WEB_CONCURRENCY") or WEB_WORKERS)
 
 # A default that works for `make run`: every process started from this checkout agrees.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(INSTANCE_DIR / "prometheus"))

@@ -28,13 +28,13 @@ import psutil
 import redis
 
 from gatehouse.devtools import free_port, redis_server_binary
-from gatehouse.serving import WORKER_CLASS
+from gatehouse.serving import WEB_WORKERS, WORKER_CLASS
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SECRET_KEY = "bench-secret-key-not-for-production-0123456789"
 # The same server settings for the app and for the hello-world baseline.
-GUNICORN_WORKERS = int(os.environ.get("BENCH_GUNICORN_WORKERS", "2"))  # gunicorn.conf.py's
+GUNICORN_WORKERS = int(os.environ.get("BENCH_GUNICORN_WORKERS") or WEB_WORKERS)  # the Procfile's
 # gunicorn.conf.py's worker class (gunicorn's sync worker, closing a finished connection at once:
 # gatehouse.serving); BENCH_GUNICORN_CLASS=sync measures gunicorn's own.
 GUNICORN_CLASS = os.environ.get("BENCH_GUNICORN_CLASS", WORKER_CLASS)
