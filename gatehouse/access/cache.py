@@ -30,16 +30,13 @@ GRACE_KEY = "gatehouse:access-expiry"  # sorted set: member id -> when its answe
 # Every answer of a batch in one call: KEYS are the members' keys, ARGV their version and
 # body in turn. Each is written unless the key holds a higher version.
 _WRITE_IF_NEWER = """
-local written = 0
 for i, key in ipairs(KEYS) do
   local version = ARGV[2 * i - 1]
   local current = redis.call('HGET', key, 'v')
   if not current or tonumber(current) <= tonumber(version) then
     redis.call('HSET', key, 'v', version, 'body', ARGV[2 * i])
-    written = written + 1
   end
 end
-return written
 """
 # Answers per call: a script holds Redis for its whole run (a few µs an answer), so a
 # 100,000-member recompute goes in slices.
