@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import insert, select
 
 from gatehouse import metrics
 from gatehouse.access import cache
@@ -21,6 +21,7 @@ from gatehouse.handlers import contact_events, preload, tag_batch
 from gatehouse.handlers.dispatch import HANDLERS
 from gatehouse.handlers.outcome import Assertion, BatchOutcome, Outcome, Skip, Unmatched
 from gatehouse.models import Event, EventAttempt, Member, Source, utcnow
+from gatehouse.models.in_list import in_list
 
 log = logging.getLogger("gatehouse.handlers")
 RECOMPUTE_CHUNK = 1000
@@ -77,9 +78,7 @@ def _finish(event: Event, started_at: datetime, attempts: list[dict[str, Any]]) 
     return outcome, (event.source_id, event.type, event.status, event.received_at, finished_at)
 
 
-_SOURCE_SLUGS = select(Source.id, Source.slug).where(
-    Source.id.in_(bindparam("ids", expanding=True))
-)
+_SOURCE_SLUGS = select(Source.id, Source.slug).where(in_list(Source.id, "ids"))
 
 
 def _named(finished: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[str, tuple[Any, ...]]]:

@@ -37,6 +37,7 @@ from gatehouse.handlers.contacts import PROFILE_FIELDS
 from gatehouse.handlers.dispatch import HANDLERS
 from gatehouse.handlers.outcome import Assertion, BatchOutcome, Outcome
 from gatehouse.models import Contact, ContactTag, Event, EventAttempt, Member, TagSnapshot, utcnow
+from gatehouse.models.in_list import in_list
 
 _EVENTS: Any = Event.__table__
 _CONTACTS: Any = Contact.__table__
@@ -45,7 +46,7 @@ _TAGS: Any = ContactTag.__table__
 _SNAPSHOTS: Any = TagSnapshot.__table__
 _ATTEMPTS: Any = EventAttempt.__table__
 
-# Built once, with expanding IN parameters: building a statement's clauses each time cost
+# Built once, with lists bound by name (`in_list`): building a statement's clauses each time cost
 # more than running it.
 _ev, _c, _m, _t, _s = _EVENTS.c, _CONTACTS.c, _MEMBERS.c, _TAGS.c, _SNAPSHOTS.c
 # What an event's insert fixed for good (the sweep, a replay and a worker change only its
@@ -59,24 +60,21 @@ _SELECT_EVENTS = select(
     _ev.received_at,
     _ev.payload,
     _ev.contact_key,
-).where(_ev.id.in_(bindparam("ids", expanding=True)))
-_SELECT_ATTEMPTS = select(_ev.id, _ev.attempts).where(_ev.id.in_(bindparam("ids", expanding=True)))
+).where(in_list(_ev.id, "ids"))
+_SELECT_ATTEMPTS = select(_ev.id, _ev.attempts).where(in_list(_ev.id, "ids"))
 # Two INs, not a row-value IN (see handlers.preload); locked in id order, as there, so
 # overlapping batches on two workers take their row locks in the same order.
 _LOCK_CONTACTS = (
     select(_c.id, _c.crm, _c.contact_id, _c.member_id, _c.state)
     .where(
-        _c.crm.in_(bindparam("crms", expanding=True)),
-        _c.contact_id.in_(bindparam("contact_ids", expanding=True)),
+        in_list(_c.crm, "crms"),
+        in_list(_c.contact_id, "contact_ids"),
     )
     .order_by(_c.id)
     .with_for_update()
 )
 _LOCK_MEMBERS = (
-    select(_m.id, _m.access_version)
-    .where(_m.id.in_(bindparam("ids", expanding=True)))
-    .order_by(_m.id)
-    .with_for_update()
+    select(_m.id, _m.access_version).where(in_list(_m.id, "ids")).order_by(_m.id).with_for_update()
 )
 
 
@@ -122,7 +120,7 @@ def _read_tags(pairs: list[tuple[int, str]]) -> dict[tuple[int, str], _Row]:
 
 
 _SELECT_SNAPSHOTS = select(_s.contact_id, _s.asserted_at, _s.assert_key).where(
-    _s.contact_id.in_(bindparam("contact_ids", expanding=True))
+    in_list(_s.contact_id, "contact_ids")
 )
 _INSERT_TAGS = insert(_TAGS)
 
