@@ -83,8 +83,10 @@ _SOURCE_SLUGS = select(Source.id, Source.slug).where(in_list(Source.id, "ids"))
 
 def _named(finished: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[str, tuple[Any, ...]]]:
     """The metrics' counts with each source's slug for its id: one query per batch (a
-    per-event lookup was a round trip per event), after the commit, outside the write turn."""
-    source_ids = {counts[0] for _id, counts in finished}
+    per-event lookup was a round trip per event), after the commit, outside the write turn.
+    Counts that name their source already (the lean path read the slug with its events)
+    are left as they are."""
+    source_ids = {counts[0] for _id, counts in finished if isinstance(counts[0], int)}
     if not source_ids:
         return finished
     began = begin_read_only()
@@ -96,6 +98,8 @@ def _named(finished: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[str, tuple
             db.session.rollback()
     return [
         (event_id, (slugs.get(counts[0]) or str(counts[0]), *counts[1:]))
+        if isinstance(counts[0], int)
+        else (event_id, counts)
         for event_id, counts in finished
     ]
 
