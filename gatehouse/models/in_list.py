@@ -25,6 +25,9 @@ class InList(ColumnElement[bool]):
 
     inherit_cache = True
     type = Boolean()
+    # A comparison: without this, where the database has no boolean type (SQLite) the
+    # compiler writes `... IN (...) = 1`, which no index serves.
+    _is_implicitly_boolean = True
     _traverse_internals = [
         ("column", InternalTraversal.dp_clauseelement),
         ("name", InternalTraversal.dp_string),
