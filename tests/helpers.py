@@ -213,3 +213,35 @@ def gunicorn_serving(app_spec: str, *options: str, env: dict[str, str]) -> Itera
     finally:
         server.terminate()
         server.wait(20)
+
+
+def query_plan(app: Flask, marker: str, run: Any) -> list[str]:
+    """The database's plan for the one statement `run()` sends that contains `marker`, as
+    the steps it prints: SQLite's EXPLAIN QUERY PLAN details, PostgreSQL's EXPLAIN lines
+    (sequential scans turned off, so a usable index shows on a table of a few rows)."""
+    from sqlalchemy import event
+
+    from gatehouse.extensions import db
+
+    sent: list[tuple[str, Any]] = []
+    with app.app_context():
+        engine = db.engine
+
+        def record(_conn: Any, _cursor: Any, statement: str, params: Any, *_rest: Any) -> None:
+            if marker in statement:
+                sent.append((statement, params))
+
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            run()
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+            db.session.rollback()
+        [(sql, params)] = sent
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                return [
+                    str(row[3]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)
+                ]
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            return [str(row[0]) for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]

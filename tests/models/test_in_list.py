@@ -11,6 +11,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, 
 
 from gatehouse.extensions import db
 from gatehouse.models.in_list import in_list
+from tests.helpers import query_plan
 
 PROBE = Table(
     "in_list_probe",
@@ -100,36 +101,15 @@ def test_the_compiled_cache_tells_columns_and_names_apart() -> None:
 
 
 @pytest.mark.usefixtures("probe")
-def test_the_database_finds_the_rows_by_the_columns_index(app: Flask) -> None:
+def test_the_database_finds_the_rows_by_the_columns_index(app: Flask, database_kind: str) -> None:
     """A plain comparison in the WHERE clause: SQLite, with no boolean type, would be given
     `id IN (...) = 1` for an expression not known to be one, which no index serves."""
-    sent: list[tuple[str, object]] = []
-    with app.app_context():
-        engine = db.engine
-
-        def record(*args: object) -> None:
-            if "in_list_probe" in str(args[2]):
-                sent.append((str(args[2]), args[3]))
-
-        event.listen(engine, "before_cursor_execute", record)
-        try:
-            db.session.execute(BY_ID, {"ids": ["e1", "e2"]}).all()
-        finally:
-            event.remove(engine, "before_cursor_execute", record)
-            db.session.rollback()
-        [(sql, params)] = sent
-        with engine.connect() as conn:
-            if engine.dialect.name == "sqlite":
-                plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params).all()  # type: ignore[arg-type]
-                steps = [str(row[3]) for row in plan]
-                assert (
-                    "SEARCH in_list_probe USING INDEX sqlite_autoindex_in_list_probe_1 (id=?)"
-                    in steps
-                )
-                assert not any(step.startswith("SCAN in_list_probe") for step in steps)
-            else:
-                conn.exec_driver_sql("SET enable_seqscan = off")  # six rows: else a scan
-                plan = conn.exec_driver_sql("EXPLAIN " + sql, params).all()  # type: ignore[arg-type]
-                steps = [str(row[0]) for row in plan]
-                assert any("in_list_probe_pkey" in step for step in steps), steps
-                assert not any("Seq Scan" in step for step in steps), steps
+    steps = query_plan(
+        app, "in_list_probe", lambda: db.session.execute(BY_ID, {"ids": ["e1", "e2"]}).all()
+    )
+    if database_kind == "sqlite":
+        assert "SEARCH in_list_probe USING INDEX sqlite_autoindex_in_list_probe_1 (id=?)" in steps
+        assert not any(step.startswith("SCAN in_list_probe") for step in steps)
+    else:
+        assert any("in_list_probe_pkey" in step for step in steps), steps
+        assert not any("Seq Scan" in step for step in steps), steps
