@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, select, text, update
 
+from gatehouse.driver import ExecuteMany
 from gatehouse.extensions import db
 from gatehouse.handlers import contact_events
 from gatehouse.handlers.contact_events import no_member_reason, note_tags
@@ -139,13 +140,15 @@ def _read_tags(pairs: list[tuple[int, str]]) -> dict[tuple[int, str], _Row]:
 _SELECT_SNAPSHOTS = select(_s.contact_id, _s.asserted_at, _s.assert_key).where(
     in_list(_s.contact_id, "contact_ids")
 )
-_INSERT_TAGS = insert(_TAGS)
+_INSERT_TAGS = ExecuteMany(
+    insert(_TAGS), ["contact_id", "tag", "present", "asserted_at", "assert_key", "event_id"]
+)
 
 
-def _update_by(table: Any, keys: tuple[str, ...], values: tuple[str, ...]) -> Any:
+def _update_by(table: Any, keys: tuple[str, ...], values: tuple[str, ...]) -> ExecuteMany:
     """UPDATE table SET <values> WHERE <keys>, for executemany with `b_<column>` parameters."""
     c = table.c
-    return (
+    return ExecuteMany(
         update(table)
         .where(*(c[k] == bindparam(f"b_{k}") for k in keys))
         .values({v: bindparam(f"b_{v}", type_=c[v].type) for v in values})
@@ -161,7 +164,9 @@ _UPDATE_EVENTS = _update_by(
     ("id",),
     ("status", "reason", "effects", "last_error", "processed_at", "attempts", "updated_at"),
 )
-_INSERT_ATTEMPTS = insert(_ATTEMPTS)
+_INSERT_ATTEMPTS = ExecuteMany(
+    insert(_ATTEMPTS), ["event_id", "number", "started_at", "finished_at"]
+)
 
 
 @dataclass
@@ -348,21 +353,21 @@ def apply(prepared: Prepared, started_at: datetime) -> BatchOutcome | None:
         }
 
     if new:
-        session.execute(_INSERT_TAGS, [tag_values(pk) for pk in sorted(new)])
+        _INSERT_TAGS.run(session, [tag_values(pk) for pk in sorted(new)])
     if dirty - new:
-        session.execute(
-            _UPDATE_TAGS,
+        _UPDATE_TAGS.run(
+            session,
             [{f"b_{k}": v for k, v in tag_values(pk).items()} for pk in sorted(dirty - new)],
         )
     if bumped:
         now = utcnow()
-        session.execute(
-            _UPDATE_MEMBERS,
+        _UPDATE_MEMBERS.run(
+            session,
             [
                 {"b_id": mid, "b_access_version": v, "b_updated_at": now}
                 for mid, v in sorted(bumped.items())
             ],
         )
-    session.execute(_UPDATE_EVENTS, event_updates)
-    session.execute(_INSERT_ATTEMPTS, attempts)
+    _UPDATE_EVENTS.run(session, event_updates)
+    _INSERT_ATTEMPTS.run(session, attempts)
     return batch

@@ -1,0 +1,122 @@
+"""`ExecuteMany` writes the rows SQLAlchemy's own executemany writes: every value through
+its column type's processor (aware times to naive UTC text on SQLite, JSON, booleans,
+NULLs), for an insert and for an update, on each database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    insert,
+    update,
+)
+
+from gatehouse.driver import ExecuteMany
+from gatehouse.extensions import db
+from gatehouse.models.base import UTCDateTime
+
+META = MetaData()
+
+
+def probe(name: str) -> Table:
+    return Table(
+        name,
+        META,
+        Column("id", Integer, primary_key=True),
+        Column("label", String(32)),
+        Column("flag", Boolean),
+        Column("at", UTCDateTime),
+        Column("doc", JSON),
+    )
+
+
+OURS, THEIRS = probe("execute_many_ours"), probe("execute_many_theirs")
+COLUMNS = ["id", "label", "flag", "at", "doc"]
+ROWS: list[dict[str, Any]] = [
+    {
+        "id": 1,
+        "label": "plain",
+        "flag": True,
+        "at": datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=UTC),
+        "doc": {"tags": ["a", "b"], "n": 1},
+    },
+    {
+        "id": 2,
+        "label": "elsewhere",
+        "flag": False,
+        "at": datetime(2026, 11, 24, 7, 30, tzinfo=timezone(timedelta(hours=-5))),
+        "doc": [1, "x", None],
+    },
+    {"id": 3, "label": None, "flag": None, "at": None, "doc": None},
+]
+
+
+@pytest.fixture
+def tables(app: Flask) -> Iterator[None]:
+    with app.app_context():
+        META.create_all(db.engine)
+        try:
+            yield
+        finally:
+            db.session.rollback()
+            META.drop_all(db.engine)
+
+
+def stored(table: Table) -> list[tuple[Any, ...]]:
+    """The rows as the database holds them, read past SQLAlchemy's result processing."""
+    sql = f"SELECT id, label, flag, at, CAST(doc AS TEXT) FROM {table.name} ORDER BY id"  # noqa: S608
+    return [tuple(row) for row in db.session.connection().exec_driver_sql(sql)]
+
+
+def changes(table: Table) -> Any:
+    c = table.c
+    return (
+        update(table)
+        .where(c.id == bindparam("b_id"))
+        .values(
+            flag=bindparam("b_flag", type_=c.flag.type),
+            at=bindparam("b_at", type_=c.at.type),
+            doc=bindparam("b_doc", type_=c.doc.type),
+        )
+    )
+
+
+@pytest.mark.usefixtures("tables")
+def test_inserts_and_updates_store_what_sqlalchemy_stores(app: Flask) -> None:
+    later = datetime(2026, 12, 1, 0, 0, tzinfo=timezone(timedelta(hours=9)))
+    updates = [
+        {"b_id": 1, "b_flag": False, "b_at": later, "b_doc": {"moved": True}},
+        {"b_id": 3, "b_flag": True, "b_at": later, "b_doc": []},
+    ]
+    with app.app_context():
+        ExecuteMany(insert(OURS), COLUMNS).run(db.session, ROWS)
+        db.session.execute(insert(THEIRS), ROWS)
+        inserted = stored(OURS)
+        assert inserted == stored(THEIRS)
+        # None in a JSON column is JSON's null, as SQLAlchemy writes it (none_as_null off).
+        assert len(inserted) == 3 and inserted[2][1:] == (None, None, None, "null")
+
+        ExecuteMany(changes(OURS)).run(db.session, updates)
+        db.session.execute(changes(THEIRS), updates)
+        assert stored(OURS) == stored(THEIRS)
+        assert stored(OURS) != inserted
+        db.session.commit()
+
+
+@pytest.mark.usefixtures("tables")
+def test_nothing_to_write_sends_nothing(app: Flask) -> None:
+    with app.app_context():
+        ExecuteMany(insert(OURS), COLUMNS).run(db.session, [])
+        assert stored(OURS) == []
