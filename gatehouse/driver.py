@@ -210,11 +210,11 @@ class ExecuteMany:
     statement (`construct_params`) before calling the same `executemany`. A worker's lean
     batch writes about 190 rows in five such statements inside its write turn; without that
     per-row work the batch's apply step costs 3.5 ms of CPU instead of 4.1-4.3 on SQLite
-    (docs/benchmarks.md). Here the
-    statement is compiled once per dialect; each value goes through its bind parameter's
-    own type processor (`UTCDateTime`, `JSON`, ...), so the rows written are the ones
-    SQLAlchemy writes (tests/test_driver.py compares them). Only for statements whose every
-    parameter is given in each row: no column defaults or `onupdate` values are added.
+    (docs/benchmarks.md). Here the statement is compiled once per dialect, and each value
+    goes through its bind parameter's own type processor (`UTCDateTime`, `JSON`, ...), so
+    the rows written are the ones SQLAlchemy writes (tests/test_execute_many.py compares
+    them). Only for statements whose every parameter is given in each row: no column
+    defaults or `onupdate` values are added.
     """
 
     def __init__(self, stmt: Any, columns: list[str] | None = None) -> None:
