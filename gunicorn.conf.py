@@ -12,16 +12,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from gatehouse.config import INSTANCE_DIR, database_url
-from gatehouse.processes import layout_for
-from gatehouse.serving import WORKER_CLASS
+from gatehouse.config import INSTANCE_DIR
+from gatehouse.serving import WEB_WORKERS, WORKER_CLASS
 
 # gunicorn's sync worker, closing a finished connection without waiting for the client.
 worker_class = WORKER_CLASS
-# Two on SQLite, three on PostgreSQL (gatehouse.processes). A bigger host, or one that runs
-# only the web tier, sets WEB_CONCURRENCY (or --workers). Read here too: gunicorn takes
-# WEB_CONCURRENCY as its default, which this file overrides.
-workers = int(os.environ.get("WEB_CONCURRENCY") or layout_for(database_url()).web)
+# A bigger host, or one that runs only the web tier, sets WEB_CONCURRENCY (or --workers).
+# Read here too: gunicorn takes WEB_CONCURRENCY as its default, which this file overrides.
+workers = int(os.environ.get("WEB_CONCURRENCY") or WEB_WORKERS)
 
 # A default that works for `make run`: every process started from this checkout agrees.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(INSTANCE_DIR / "prometheus"))

@@ -28,13 +28,13 @@ import psutil
 import redis
 
 from gatehouse.devtools import free_port, redis_server_binary
-from gatehouse.processes import layout_for
-from gatehouse.serving import WORKER_CLASS
+from gatehouse.serving import WEB_WORKERS, WORKER_CLASS
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SECRET_KEY = "bench-secret-key-not-for-production-0123456789"
 # The same server settings for the app and for the hello-world baseline.
+GUNICORN_WORKERS = int(os.environ.get("BENCH_GUNICORN_WORKERS") or WEB_WORKERS)  # the Procfile's
 # gunicorn.conf.py's worker class (gunicorn's sync worker, closing a finished connection at once:
 # gatehouse.serving); BENCH_GUNICORN_CLASS=sync measures gunicorn's own.
 GUNICORN_CLASS = os.environ.get("BENCH_GUNICORN_CLASS", WORKER_CLASS)
@@ -278,19 +278,13 @@ def wait_http(url: str, proc: Proc, timeout: float = 30) -> None:
     raise RuntimeError(f"{proc.name} did not answer {url}:\n{proc.tail()}")
 
 
-def gunicorn_workers(database_url: str) -> int:
-    """gunicorn.conf.py's web workers for this database (gatehouse.processes), unless
-    BENCH_GUNICORN_WORKERS says otherwise. The hello-world baseline gets the same number."""
-    return int(os.environ.get("BENCH_GUNICORN_WORKERS") or layout_for(database_url).web)
-
-
 def start_gunicorn(
     stack: Stack,
     app_spec: str,
     env: dict[str, str],
     name: str = "gunicorn",
     port: int | None = None,
-    workers: int | None = None,
+    workers: int = GUNICORN_WORKERS,
     worker_class: str = GUNICORN_CLASS,
 ) -> tuple[Proc, int]:
     port = port or free_port()
@@ -300,7 +294,7 @@ def start_gunicorn(
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
-        str(workers or gunicorn_workers(env["DATABASE_URL"])),
+        str(workers),
         "--worker-class",
         worker_class,
         "--threads",

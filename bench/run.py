@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 from bench import seed
 from bench.common import (
     GUNICORN_CLASS,
+    GUNICORN_WORKERS,
     ROOT,
     Proc,
     RedisProc,
@@ -44,7 +45,6 @@ from bench.common import (
     create_schema,
     dump_json,
     flask_cli,
-    gunicorn_workers,
     percentile,
     sqlite_url,
     start_gunicorn,
@@ -64,7 +64,6 @@ from bench.load import (
 from gatehouse.extensions import db
 from gatehouse.handlers.jobs import recompute_members
 from gatehouse.models import Event, Member
-from gatehouse.processes import layout_for
 
 BENCHMARKS = ("ingest", "processing", "lag", "reads", "rules", "memory")
 RESULTS = ROOT / "bench" / "results" / "latest.json"
@@ -101,10 +100,6 @@ class Bench:
                     "--database postgresql needs --database-url postgresql+psycopg://…"
                 )
             self.db_url = args.database_url
-        # The layout gatehouse.processes gives this database: the web workers (for the app and
-        # for hello-world alike) and the queue workers running from the lag phase on.
-        self.web_workers = gunicorn_workers(self.db_url)
-        self.lag_workers = args.lag_workers or layout_for(self.db_url).queue
         self.env = app_env(self.db_url, self.redis.url, GATEHOUSE_RETRY_INTERVALS="10,60")
         create_schema(self.db_url, self.redis.url, self.env)
         self.app = seed.make_app(app_config(self.env))
@@ -404,15 +399,20 @@ class Bench:
         }
 
     def start_background_workers(self) -> None:
-        """`make run`'s deployment from here on (lag, rules): web and the database's queue
-        workers (gatehouse.processes: one on SQLite, two on PostgreSQL; `--lag-workers`
-        sets another number), each of which relays. The standalone relay that ingest and
-        the drains need is stopped: a relay polling and claiming beside the workers' is one
-        no site runs."""
+        """The Procfile's deployment from here on (lag, rules): web and its worker, which
+        relays (`--lag-workers` runs more). The standalone relay that ingest and the drains
+        need is stopped: a second relay, polling and claiming beside the workers', is one
+        no site runs.
+
+        One worker, as `make run` starts it, and not two: on SQLite, with every writer
+        taking turns at one lock on two cores, a second worker took more from the web tier
+        than it added. At half the ingest maximum the web answered 0.66-0.79x of the posts
+        offered with two workers, 0.91-0.99x with one, whose drain rate (2,500 events/s) is
+        still 1.7x the rate offered (docs/benchmarks.md)."""
         if self.bg_workers:
             return
         self.bg_workers = [
-            start_worker(self.stack, self.env, f"worker-{k}") for k in range(self.lag_workers)
+            start_worker(self.stack, self.env, f"worker-{k}") for k in range(self.args.lag_workers)
         ]
         for w in self.bg_workers:
             self.rss.watch("worker", w)
@@ -730,9 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lag-workers",
         type=int,
-        default=0,
-        help="queue workers running during lag and rules "
-        "(default: the database's layout, gatehouse.processes: 1 on SQLite, 2 on PostgreSQL)",
+        default=1,
+        help="queue workers running during lag and rules (1: the Procfile's deployment)",
     )
     parser.add_argument("--rules-members", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="small settings, harness check")
@@ -756,13 +755,13 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": started.isoformat(),
         "seconds": round(time.perf_counter() - t0, 1),
         "database": args.database,
-        "gunicorn": {"workers": bench.web_workers, "worker_class": GUNICORN_CLASS},
+        "gunicorn": {"workers": GUNICORN_WORKERS, "worker_class": GUNICORN_CLASS},
         "settings": {
             "seconds": args.seconds,
             "ingest_rounds": args.rounds,
             "members": args.members,
             "rules_members": args.rules_members,
-            "lag_workers": bench.lag_workers,
+            "lag_workers": args.lag_workers,
         },
         "machine": machine(),
         "results": results,
@@ -770,10 +769,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     dump_json(Path(args.output), report)
     print(table(results, args.database))
-    print(
-        f"\ngunicorn: {bench.web_workers} web workers (the app and hello-world alike); "
-        f"{bench.lag_workers} queue worker(s) from the lag phase on"
-    )
     print(f"\n{json.dumps(report['machine'])}\nWritten to {args.output}")
     return 0
 

@@ -10,7 +10,6 @@ from environs import Env
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_DIR = REPO_ROOT / "instance"
 DEFAULT_RETRY_INTERVALS = [10, 60, 300, 1800]
-DEFAULT_DATABASE_URL = f"sqlite:///{INSTANCE_DIR / 'gatehouse.db'}"
 
 
 class ConfigError(RuntimeError):
@@ -30,24 +29,13 @@ def _intervals(raw: str) -> list[int]:
     return values
 
 
-def _env() -> Env:
-    env = Env()
-    env.read_env(str(REPO_ROOT / ".env"), override=False)
-    return env
-
-
-def database_url() -> str:
-    """DATABASE_URL as the app reads it (the environment, then `.env`), for the process
-    managers that size themselves by database before any app exists (gunicorn.conf.py)."""
-    return str(_env().str("DATABASE_URL", DEFAULT_DATABASE_URL))
-
-
 def load_settings(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read every setting from the environment (and `.env`), applying `overrides` last.
 
     `overrides` exists for tests and tools that build an app for a specific database.
     """
-    env = _env()
+    env = Env()
+    env.read_env(str(REPO_ROOT / ".env"), override=False)
     overrides = dict(overrides or {})
 
     def pick(name: str, reader: Any, *args: Any, **kwargs: Any) -> Any:
@@ -56,7 +44,9 @@ def load_settings(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         return reader(name, *args, **kwargs)
 
     settings: dict[str, Any] = {
-        "SQLALCHEMY_DATABASE_URI": pick("DATABASE_URL", env.str, DEFAULT_DATABASE_URL),
+        "SQLALCHEMY_DATABASE_URI": pick(
+            "DATABASE_URL", env.str, f"sqlite:///{INSTANCE_DIR / 'gatehouse.db'}"
+        ),
         "REDIS_URL": pick("REDIS_URL", env.str, "redis://127.0.0.1:6379/0"),
         "SECRET_KEY": pick("SECRET_KEY", env.str, None),
         "GATEHOUSE_PUBLIC_URL": pick("GATEHOUSE_PUBLIC_URL", env.str, None),

@@ -59,3 +59,9 @@ class PromptCloseWorker(SyncWorker):
 
 
 WORKER_CLASS = f"{__name__}.{PromptCloseWorker.__name__}"
+# Web workers per host unless WEB_CONCURRENCY says otherwise: two, as measured best on a
+# 2-core host that also runs the queue worker. On SQLite the web workers take turns at one
+# write lock; on PostgreSQL a third one took the cores the queue worker needed
+# (docs/benchmarks.md, "A worker that closes at once", 3). gunicorn.conf.py and the bench
+# both read it.
+WEB_WORKERS = 2

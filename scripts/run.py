@@ -1,6 +1,4 @@
-"""`make run`: start Redis if none answers at REDIS_URL, then web + worker with honcho, as
-many queue workers as the database's layout has (gatehouse.processes: one on SQLite, two on
-PostgreSQL).
+"""`make run`: start Redis if none answers at REDIS_URL, then web + worker with honcho.
 
 Ctrl-C stops everything this started (honcho stops its processes, Redis among them).
 """
@@ -9,22 +7,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
 import redis
 from dotenv import dotenv_values
 
-from gatehouse.config import DEFAULT_DATABASE_URL
 from gatehouse.devtools import redis_server_binary
-from gatehouse.processes import layout_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def queue_workers(env: Mapping[str, str | None]) -> int:
-    return layout_for(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL).queue
 
 
 def main() -> int:
@@ -65,12 +56,7 @@ def main() -> int:
     # The Procfile names gunicorn and flask: make the venv's copies the ones found.
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     honcho = str(bin_dir / "honcho")
-    workers = queue_workers(env)
-    print(f"Starting web and {workers} queue worker(s), as many as this database's layout has")
-    os.execv(
-        honcho,
-        [honcho, "-d", str(ROOT), "-f", str(procfile), "start", "-c", f"worker={workers}"],
-    )
+    os.execv(honcho, [honcho, "-d", str(ROOT), "-f", str(procfile), "start"])
     return 0  # pragma: no cover - exec does not return
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from bench.common import GUNICORN_CLASS, gunicorn_workers
+from bench.common import GUNICORN_CLASS, GUNICORN_WORKERS
 from bench.load import WrkResult, have_wrk, post_paced, standard_request
 from bench.run import CacheWriteWatch, answered_per_s, pooled
 from tests.conftest import RedisServer
@@ -26,24 +26,17 @@ from tests.helpers import REPO
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-@pytest.mark.parametrize(
-    "database_url", ["sqlite:////tmp/gatehouse.db", "postgresql+psycopg://u@127.0.0.1/gatehouse"]
-)
 def test_the_bench_serves_the_app_and_hello_world_as_the_procfile_serves_the_app(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both run on `start_gunicorn`'s defaults; those must be gunicorn.conf.py's for the
-    same database, or the figures would describe a server nobody deploys."""
+    """Both run on `start_gunicorn`'s defaults; those must be gunicorn.conf.py's, or the
+    figures would describe a server nobody deploys."""
     if os.environ.get("BENCH_GUNICORN_CLASS") or os.environ.get("BENCH_GUNICORN_WORKERS"):
         pytest.skip("the bench's server settings are overridden in this environment")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prom"))
-    monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     procfile = runpy.run_path(str(REPO / "gunicorn.conf.py"))
-    assert (GUNICORN_CLASS, gunicorn_workers(database_url)) == (
-        procfile["worker_class"],
-        procfile["workers"],
-    )
+    assert (GUNICORN_CLASS, GUNICORN_WORKERS) == (procfile["worker_class"], procfile["workers"])
 
 
 def wrk(requests: int, seconds: float, p50: float, p99: float) -> WrkResult:
