@@ -213,17 +213,19 @@ class ExecuteMany:
     (docs/benchmarks.md). Here the statement is compiled once per dialect, and each value
     goes through its bind parameter's own type processor (`UTCDateTime`, `JSON`, ...), so
     the rows written are the ones SQLAlchemy writes (tests/test_execute_many.py compares
-    them). Only for statements whose every parameter is given in each row: no column
-    defaults or `onupdate` values are added.
+    them). An INSERT writes the columns the rows name, as SQLAlchemy's executemany takes
+    them from the first row. Only for statements whose every parameter is given in each row:
+    no column defaults or `onupdate` values are added.
     """
 
-    def __init__(self, stmt: Any, columns: list[str] | None = None) -> None:
+    def __init__(self, stmt: Any) -> None:
         self.stmt = stmt
-        self.columns = columns  # an INSERT's columns, in the rows' keys
-        self._plans: dict[str, tuple[str, bool, list[tuple[str, Any]]]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...]], tuple[str, bool, list[tuple[str, Any]]]]
+        self._plans = {}
 
-    def _plan(self, dialect: Any) -> tuple[str, bool, list[tuple[str, Any]]]:
-        compiled = self.stmt.compile(dialect=dialect, column_keys=self.columns)
+    def _plan(self, dialect: Any, keys: tuple[str, ...]) -> tuple[str, bool, list[tuple[str, Any]]]:
+        columns = list(keys) if self.stmt.is_insert else None
+        compiled = self.stmt.compile(dialect=dialect, column_keys=columns)
         names = list(compiled.positiontup or compiled.binds)
         plan = [
             (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
@@ -236,9 +238,10 @@ class ExecuteMany:
             return
         connection = session.connection()
         dialect = connection.dialect
-        plan = self._plans.get(dialect.name)
+        key = (dialect.name, tuple(rows[0]))
+        plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[dialect.name] = self._plan(dialect)
+            plan = self._plans[key] = self._plan(dialect, key[1])
         sql, positional, steps = plan
         params: list[Any]
         if positional:

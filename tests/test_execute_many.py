@@ -43,7 +43,6 @@ def probe(name: str) -> Table:
 
 
 OURS, THEIRS = probe("execute_many_ours"), probe("execute_many_theirs")
-COLUMNS = ["id", "label", "flag", "at", "doc"]
 ROWS: list[dict[str, Any]] = [
     {
         "id": 1,
@@ -101,7 +100,7 @@ def test_inserts_and_updates_store_what_sqlalchemy_stores(app: Flask) -> None:
         {"b_id": 3, "b_flag": True, "b_at": later, "b_doc": []},
     ]
     with app.app_context():
-        ExecuteMany(insert(OURS), COLUMNS).run(db.session, ROWS)
+        ExecuteMany(insert(OURS)).run(db.session, ROWS)
         db.session.execute(insert(THEIRS), ROWS)
         inserted = stored(OURS)
         assert inserted == stored(THEIRS)
@@ -118,5 +117,23 @@ def test_inserts_and_updates_store_what_sqlalchemy_stores(app: Flask) -> None:
 @pytest.mark.usefixtures("tables")
 def test_nothing_to_write_sends_nothing(app: Flask) -> None:
     with app.app_context():
-        ExecuteMany(insert(OURS), COLUMNS).run(db.session, [])
+        ExecuteMany(insert(OURS)).run(db.session, [])
         assert stored(OURS) == []
+
+
+@pytest.mark.usefixtures("tables")
+def test_an_insert_writes_the_columns_its_rows_name(app: Flask) -> None:
+    """The columns come from the rows, as in SQLAlchemy's executemany: a key the caller adds
+    is written, not dropped by a column list kept beside it; one left out is NULL."""
+    rows = [{"id": 7, "label": "named", "flag": True}, {"id": 8, "label": None, "flag": False}]
+    with app.app_context():
+        insert_ours = ExecuteMany(insert(OURS))
+        insert_ours.run(db.session, rows)
+        db.session.execute(insert(THEIRS), rows)
+        assert stored(OURS) == stored(THEIRS)
+        assert stored(OURS)[0][:2] == (7, "named") and stored(OURS)[0][3:] == (None, None)
+        # The same statement with every column: its own plan, not the narrower one.
+        insert_ours.run(db.session, ROWS)
+        db.session.execute(insert(THEIRS), ROWS)
+        assert stored(OURS) == stored(THEIRS)
+        assert len(stored(OURS)) == 5

@@ -140,9 +140,7 @@ def _read_tags(pairs: list[tuple[int, str]]) -> dict[tuple[int, str], _Row]:
 _SELECT_SNAPSHOTS = select(_s.contact_id, _s.asserted_at, _s.assert_key).where(
     in_list(_s.contact_id, "contact_ids")
 )
-_INSERT_TAGS = ExecuteMany(
-    insert(_TAGS), ["contact_id", "tag", "present", "asserted_at", "assert_key", "event_id"]
-)
+_INSERT_TAGS = ExecuteMany(insert(_TAGS))
 
 
 def _update_by(table: Any, keys: tuple[str, ...], values: tuple[str, ...]) -> ExecuteMany:
@@ -164,9 +162,7 @@ _UPDATE_EVENTS = _update_by(
     ("id",),
     ("status", "reason", "effects", "last_error", "processed_at", "attempts", "updated_at"),
 )
-_INSERT_ATTEMPTS = ExecuteMany(
-    insert(_ATTEMPTS), ["event_id", "number", "started_at", "finished_at"]
-)
+_INSERT_ATTEMPTS = ExecuteMany(insert(_ATTEMPTS))
 
 
 @dataclass
