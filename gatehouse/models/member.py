@@ -118,6 +118,10 @@ class TagSnapshot(Base):
     tags: Mapped[list[Any]]
 
 
+# The partial index's condition; the grace query's own `status = 'past_due'` implies it.
+_PAST_DUE = text("status = 'past_due'")
+
+
 class Subscription(Base):
     """A billing subscription, kept at the state of the newest event about it."""
 
@@ -130,8 +134,8 @@ class Subscription(Base):
         Index(
             "ix_subscriptions_past_due_since",
             "past_due_since",
-            sqlite_where=text("status = 'past_due'"),
-            postgresql_where=text("status = 'past_due'"),
+            sqlite_where=_PAST_DUE,
+            postgresql_where=_PAST_DUE,
         ),
     )
 
