@@ -243,5 +243,7 @@ def query_plan(app: Flask, marker: str, run: Any) -> list[str]:
                 return [
                     str(row[3]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)
                 ]
-            conn.exec_driver_sql("SET enable_seqscan = off")
+            # LOCAL: ends with this connection's transaction, not left on a pooled connection
+            # for the tests after this one.
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
             return [str(row[0]) for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
