@@ -19,9 +19,12 @@ hands the socket to gunicorn's own graceful close; otherwise it closes at once.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from gunicorn import util
 from gunicorn.workers.sync import SyncWorker
+
+from gatehouse.webhooks import group
 
 _close_graceful = util.close_graceful
 
@@ -58,7 +61,61 @@ class PromptCloseWorker(SyncWorker):
         super().init_process()
 
 
-WORKER_CLASS = f"{__name__}.{PromptCloseWorker.__name__}"
+def has_request_waiting(client: socket.socket) -> bool:
+    """Whether the client has sent something already (or closed): reading it will not wait."""
+    try:
+        client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset, or a TLS socket: the ordinary handling deals with it
+    return True
+
+
+class GroupCommitWorker(PromptCloseWorker):
+    """`PromptCloseWorker`, storing the accepted webhooks that arrive together in one commit
+    (`gatehouse.webhooks.group`).
+
+    Each connection is served by the sync worker's own `handle`, unchanged, in a greenlet.
+    When a request parks at its store, the connections already waiting in the listen queue
+    with their request sent are started the same way, up to `GROUP_MAX`; then the group is
+    stored and every parked request resumed, in the order it came. Connections that park
+    nothing (reads, the admin, a rejected webhook, hello-world) are served to the end when
+    started, as the sync worker serves them. One that has sent nothing yet ends the group
+    and is served after it, so a slow client never holds a group's answers.
+    """
+
+    def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
+        serve = super().handle
+        late: tuple[socket.socket, Any] | None = None
+        with group.collecting() as parked_in:
+            first = group.start(serve, listener, client, addr)
+            if first is None:
+                return
+            waiting = [first]
+            try:
+                while len(parked_in) < group.GROUP_MAX:
+                    try:
+                        other, other_addr = listener.accept()
+                    except OSError:
+                        break  # none waiting (or gone before accepted): the run loop's concern
+                    other.setblocking(True)
+                    util.close_on_exec(other)
+                    if not has_request_waiting(other):
+                        late = (other, other_addr)
+                        break
+                    started = group.start(serve, listener, other, other_addr)
+                    if started is not None:
+                        waiting.append(started)
+            finally:
+                parked_in.flush()
+                for request in waiting:
+                    request.switch()
+        if late is not None:
+            serve(listener, *late)
+
+
+WORKER_CLASS = f"{__name__}.{GroupCommitWorker.__name__}"
 # Web workers per host unless WEB_CONCURRENCY says otherwise: two, as measured best on a
 # 2-core host that also runs the queue worker. On SQLite the web workers take turns at one
 # write lock; on PostgreSQL a third one took the cores the queue worker needed

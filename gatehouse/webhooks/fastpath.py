@@ -31,6 +31,7 @@ from werkzeug.wrappers import Request
 from gatehouse.extensions import db
 from gatehouse.fastpath import StartResponse, WSGIApp, json_answer
 from gatehouse.request_log import log_request
+from gatehouse.webhooks.group import parking
 from gatehouse.webhooks.inbox import DRIVER_INSERT, DriverInsert
 from gatehouse.webhooks.senders import SENDERS
 from gatehouse.webhooks.source_cache import cached_source
@@ -106,7 +107,7 @@ class HookFastPath:
             )
             if not events:
                 return None
-            stored = store(source, events, inbound, inserter)
+            stored = store(source, events, inbound, inserter and parking(inserter))
         except Exception:  # noqa: BLE001 - not swallowed: a rejection, a database error or a
             # bug, Flask runs the same steps again and answers (and logs) it, a bug with its
             # own error handling (a JSON 500, never a stack trace).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -20,6 +20,12 @@ class Stored:
     ids: list[str]  # every event of the request, new and duplicate, in order
     new_ids: list[str]  # newly stored and left for the relay to queue
     duplicates: int
+
+
+class EventStore(Protocol):
+    def store(
+        self, source: SourceInfo, events: list[CanonicalEvent], headers: dict[str, str]
+    ) -> Stored: ...
 
 
 def _insert_ignoring_duplicates(dialect: str) -> Any:
@@ -53,7 +59,7 @@ def _insert_ignoring_duplicates(dialect: str) -> Any:
 _INSERTS: dict[str, Any] = {}
 
 
-def _rows(
+def event_rows(
     source: SourceInfo, events: list[CanonicalEvent], headers: dict[str, str]
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
@@ -93,7 +99,7 @@ def store_events(
     On `connection` when given (a Core transaction: the receive view's hot path, about a
     third cheaper in CPU than the ORM session's execute + commit), else on the session.
     """
-    return _store_rows(source, events, _rows(source, events, headers), connection)
+    return _store_rows(source, events, event_rows(source, events, headers), connection)
 
 
 def _store_rows(
@@ -110,16 +116,20 @@ def _store_rows(
     result = run.execute(stmt, rows[0] if len(rows) == 1 else rows)
     inserted = {ext: eid for eid, ext in result}
     duplicates = [r["external_id"] for r in rows if r["external_id"] not in inserted]
-    existing: dict[str, str] = {}
-    if duplicates:
-        result = run.execute(
-            update(Event)
-            .where(Event.source_id == source.id, Event.external_id.in_(duplicates))
-            .values(deliveries=Event.deliveries + 1)
-            .returning(Event.id, Event.external_id)
-        )
-        existing = {ext: eid for eid, ext in result}
-    return _stored(events, rows, inserted, existing)
+    return _stored(events, rows, inserted, _count_deliveries(run, source, duplicates))
+
+
+def _count_deliveries(run: Any, source: SourceInfo, external_ids: list[str]) -> dict[str, str]:
+    """Count one more delivery of each known event; {external id: event id}."""
+    if not external_ids:
+        return {}
+    result = run.execute(
+        update(Event)
+        .where(Event.source_id == source.id, Event.external_id.in_(external_ids))
+        .values(deliveries=Event.deliveries + 1)
+        .returning(Event.id, Event.external_id)
+    )
+    return {ext: eid for eid, ext in result}
 
 
 def _stored(
@@ -176,10 +186,22 @@ class DriverInsert:
             for name in self.columns
         ]
         self.held = HeldConnection(engine)
+        # Per number of rows: the group insert's SQL and, on SQLite, its parameters' order.
+        self._groups: dict[int, tuple[str, Any]] = {}
 
     def params(self, row: dict[str, Any]) -> Any:
+        bound = self._bound(row)
+        if self.positional is not None:
+            return tuple(bound[key] for key in self.positional)
+        return bound
+
+    def _bound(self, row: dict[str, Any], prefix: str | None = None) -> dict[str, Any]:
+        """The row's values as the database takes them, keyed `<prefix><column>` (by
+        default `p_<column>`, the single-row statement's names, worked out once)."""
         bound: dict[str, Any] = {}
         for name, key, default, process in self.plan:
+            if prefix is not None:
+                key = prefix + name
             if name in row:
                 value = row[name]
             elif default is not None:
@@ -188,8 +210,6 @@ class DriverInsert:
                 bound[key] = None  # left out of an insert: SQL NULL (a JSON column's too)
                 continue
             bound[key] = process(value) if process is not None else value
-        if self.positional is not None:
-            return tuple(bound[key] for key in self.positional)
         return bound
 
     def store(
@@ -198,7 +218,7 @@ class DriverInsert:
         """Store the events and commit, with no app context needed: new events on the
         driver connection; a request with a stored one among them (a redelivery) in a Core
         transaction that inserts what is new and counts the rest."""
-        rows = _rows(source, events, headers)
+        rows = event_rows(source, events, headers)
         inserted = self.try_insert(rows)
         if inserted is not None:
             return _stored(events, rows, inserted, {})
@@ -240,6 +260,46 @@ class DriverInsert:
         except BaseException:
             raw.rollback()
             raise
+
+    def insert_group(self, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert the rows of several requests as one statement, committed (one log flush for
+        them all); returns the ids of the rows stored, leaving out those whose (source,
+        external id) was stored already, by an earlier request or earlier in `rows`."""
+        sql, positional = self._group_statement(len(rows))
+        bound: dict[str, Any] = {}
+        for i, row in enumerate(rows):
+            bound.update(self._bound(row, f"g{i}_"))
+        params: Any = bound if positional is None else tuple(bound[key] for key in positional)
+        with write_turn(self.engine):
+            found = self.held.run_alone(sql, params)
+        return {event_id for event_id, _external_id in found}
+
+    def _group_statement(self, count: int) -> tuple[str, Any]:
+        statement = self._groups.get(count)
+        if statement is None:
+            stmt = _insert_ignoring_duplicates(self.dialect).values(
+                [{name: bindparam(f"g{i}_{name}") for name in self.columns} for i in range(count)]
+            )
+            compiled = stmt.compile(dialect=self.engine.dialect)
+            statement = self._groups[count] = (compiled.string, compiled.positiontup)
+        return statement
+
+    def finish_group(
+        self,
+        source: SourceInfo,
+        events: list[CanonicalEvent],
+        rows: list[dict[str, Any]],
+        stored_ids: set[str],
+    ) -> Stored:
+        """One request's answer once its group's insert has run: its rows left out there are
+        redeliveries, counted as the general path counts them."""
+        inserted = {row["external_id"]: row["id"] for row in rows if row["id"] in stored_ids}
+        if len(inserted) == len(rows):
+            return _stored(events, rows, inserted, {})
+        known = [row["external_id"] for row in rows if row["id"] not in stored_ids]
+        with self.engine.begin() as connection:
+            existing = _count_deliveries(connection, source, known)
+        return _stored(events, rows, inserted, existing)
 
 
 DRIVER_INSERT = "gatehouse.driver_insert"

@@ -29,7 +29,7 @@ from gatehouse.webhooks.errors import (
     UnknownSource,
     UnsupportedMediaType,
 )
-from gatehouse.webhooks.inbox import DriverInsert, Stored, store_and_commit
+from gatehouse.webhooks.inbox import EventStore, Stored, store_and_commit
 from gatehouse.webhooks.senders import SENDERS, Inbound
 from gatehouse.webhooks.senders.base import CanonicalEvent, Sender, SourceInfo, check_storable
 from gatehouse.webhooks.source_cache import find_source
@@ -153,10 +153,11 @@ def store(
     source: SourceInfo,
     events: list[CanonicalEvent],
     inbound: Inbound,
-    inserter: DriverInsert | None = None,
+    inserter: EventStore | None = None,
 ) -> Stored:
     """Store and commit; the relay queues the new events (gatehouse.queue.relay). With
-    `inserter` (the fast path, no app context active) straight on the driver insert."""
+    `inserter` (the fast path, no app context active) straight on the driver insert, or
+    parked in the web worker's group (`gatehouse.webhooks.group`)."""
     headers = {k: v for k, v in inbound.headers.items() if k not in SECRET_HEADERS}
     if inserter is not None:
         stored = inserter.store(source, events, headers)

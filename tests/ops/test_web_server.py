@@ -114,4 +114,4 @@ def test_the_procfile_config_runs_two_workers_unless_told(
     monkeypatch.setenv("WEB_CONCURRENCY", concurrency)
     settings = runpy.run_path(str(REPO / "gunicorn.conf.py"))
     assert settings["workers"] == expected
-    assert settings["worker_class"] == "gatehouse.serving.PromptCloseWorker"
+    assert settings["worker_class"] == "gatehouse.serving.GroupCommitWorker"

@@ -1,0 +1,143 @@
+"""Webhooks that were waiting together, stored together: one insert, one commit, one log
+flush for all of them, and then each answered as it would have been alone.
+
+Why: a sync web worker serves one request at a time, and on PostgreSQL it waited more than
+half of each accepted request for its own commit's log flush (docs/benchmarks.md, "A web
+request without an app context", 1). During a burst the other requests are already waiting
+in the listen socket's queue meanwhile. The web worker (`gatehouse.serving.GroupCommitWorker`)
+serves each connection in a greenlet of its own. When the fast path reaches its store it
+parks the request here instead of inserting; the worker then starts whichever other
+connections are already waiting with a request sent (up to `GROUP_MAX`), flushes the group
+(`DriverInsert.insert_group`: one multi-row INSERT ... ON CONFLICT DO NOTHING, committed),
+and resumes each parked request in turn, which answers and closes as before.
+
+What does not change:
+- nothing is answered before the commit that stored it; a crash before the commit loses
+  only requests that nobody was answered, which their senders deliver again;
+- a redelivery is still answered `200 duplicate`, and its delivery counted;
+- a failed group insert fails each of its requests the way a failed single insert does: the
+  fast path hands the request to Flask, which stores it alone or answers 503;
+- a lone request (no burst), and anything but an accepted webhook, is served as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from greenlet import getcurrent, greenlet
+
+from gatehouse.webhooks.inbox import DriverInsert, Stored, event_rows
+from gatehouse.webhooks.senders.base import CanonicalEvent, SourceInfo
+
+# The most requests one group holds: at 16, a group's insert binds 272 values, and the first
+# request of a full group waits for the fifteen after it (about 5 ms of the worker's CPU).
+GROUP_MAX = 16
+
+# What a parked request's greenlet hands back to the worker.
+PARKED = object()
+
+
+@dataclass
+class _Parked:
+    source: SourceInfo
+    events: list[CanonicalEvent]
+    rows: list[dict[str, Any]]
+    stored_ids: set[str] = field(default_factory=set)
+    error: Exception | None = None
+
+
+class InsertGroup:
+    """The requests parked in one worker's round, until `flush` stores them."""
+
+    def __init__(self) -> None:
+        self.worker = getcurrent()
+        self.parked: list[_Parked] = []
+        self.inserter: DriverInsert | None = None
+        self.flushed = False
+
+    def __len__(self) -> int:
+        return len(self.parked)
+
+    def can_park(self) -> bool:
+        # Only a request the worker runs in a greenlet of its own can wait for the others;
+        # once flushed, a group takes no more.
+        return not self.flushed and getcurrent().parent is self.worker
+
+    def store(
+        self,
+        inserter: DriverInsert,
+        source: SourceInfo,
+        events: list[CanonicalEvent],
+        headers: dict[str, str],
+    ) -> Stored:
+        """Park this request until the group is flushed; its Stored, or the insert's error."""
+        if not self.can_park() or (self.inserter is not None and inserter is not self.inserter):
+            return inserter.store(source, events, headers)
+        self.inserter = inserter
+        parked = _Parked(source, events, event_rows(source, events, headers))
+        self.parked.append(parked)
+        self.worker.switch(PARKED)
+        if parked.error is not None:
+            raise parked.error
+        return inserter.finish_group(source, events, parked.rows, parked.stored_ids)
+
+    def flush(self) -> None:
+        """Store every parked request's rows in one statement. Never raises: an error is
+        handed to each parked request, which answers it as its own."""
+        self.flushed = True
+        if not self.parked or self.inserter is None:
+            return
+        try:
+            stored_ids = self.inserter.insert_group([row for p in self.parked for row in p.rows])
+        except Exception as exc:  # noqa: BLE001 - not swallowed: each request raises it
+            for parked in self.parked:
+                parked.error = exc
+            return
+        for parked in self.parked:
+            parked.stored_ids = stored_ids
+
+
+class _Parking:
+    """The inserter as `views.store` calls it, parking in the current group."""
+
+    def __init__(self, group: InsertGroup, inserter: DriverInsert) -> None:
+        self.group = group
+        self.inserter = inserter
+
+    def store(
+        self, source: SourceInfo, events: list[CanonicalEvent], headers: dict[str, str]
+    ) -> Stored:
+        return self.group.store(self.inserter, source, events, headers)
+
+
+_current: InsertGroup | None = None
+
+
+def parking(inserter: DriverInsert) -> DriverInsert | _Parking:
+    """What the fast path stores with: the current group's parking when this request can
+    wait in one, else the inserter itself."""
+    group = _current
+    if group is None or not group.can_park():
+        return inserter
+    return _Parking(group, inserter)
+
+
+@contextmanager
+def collecting() -> Iterator[InsertGroup]:
+    """A group for the requests the calling worker starts until it leaves the block."""
+    global _current
+    group = InsertGroup()
+    _current = group
+    try:
+        yield group
+    finally:
+        _current = None
+
+
+def start(serve: Any, *args: Any) -> greenlet | None:
+    """Run `serve(*args)` in a greenlet of its own; the greenlet if it parked, else None."""
+    request = greenlet(serve)
+    return request if request.switch(*args) is PARKED else None
