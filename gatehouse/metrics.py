@@ -57,6 +57,11 @@ PROCESSING_LAG = Histogram(
     ["source"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 6 * 3600),
 )
+WEBHOOK_GROUPS = Histogram(
+    "gatehouse_webhook_group_requests",
+    "Accepted webhooks a web worker stored together in one commit (gatehouse.webhooks.group).",
+    buckets=(1, 2, 4, 8, 16),
+)
 CACHE_READS = Counter(
     "gatehouse_access_cache_reads", "Access answers read, by cache result.", ["result"]
 )

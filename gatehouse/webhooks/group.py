@@ -29,6 +29,7 @@ from typing import Any
 
 from greenlet import getcurrent, greenlet
 
+from gatehouse import metrics
 from gatehouse.webhooks.inbox import DriverInsert, Stored, event_rows
 from gatehouse.webhooks.senders.base import CanonicalEvent, SourceInfo
 
@@ -98,6 +99,7 @@ class InsertGroup:
             return
         for parked in self.parked:
             parked.stored_ids = stored_ids
+        metrics.WEBHOOK_GROUPS.observe(len(self.parked))
 
 
 class _Parking:

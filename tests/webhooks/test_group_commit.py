@@ -1,0 +1,309 @@
+"""Webhooks that arrive together are stored by one insert (gatehouse.webhooks.group), and
+each is answered as it would have been alone.
+
+The in-process tests start each request in a greenlet of its own, as the web worker
+(`gatehouse.serving.GroupCommitWorker`) does, and flush the group themselves, so they can
+look between the park and the flush. The last test runs the real worker under gunicorn.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from greenlet import greenlet
+from sqlalchemy import create_engine, select
+
+from gatehouse.extensions import db
+from gatehouse.models import Base, Event
+from gatehouse.webhooks import group
+from tests.conftest import SECRET_KEY
+from tests.helpers import (
+    REPO,
+    create_source,
+    event_count,
+    gunicorn_serving,
+    load_fixture,
+    post_standard,
+    refusing_inserts,
+    standard_headers,
+)
+from tests.ops.test_metrics import samples, scrape, value
+
+SLUG = "grouped"
+
+
+@pytest.fixture
+def secret(app: Flask, client: FlaskClient) -> str:
+    made = create_source(SLUG, "standard", crm="keap")
+    # A worker's first accepted request makes its driver insert, through Flask; only the
+    # requests after it can park.
+    assert _post_alone(client, made, "warm-up").status_code == 202
+    return made
+
+
+def _tags_set(tag: str = "gold") -> dict[str, Any]:
+    event = dict(load_fixture("standard", "contact.tags_set__basic"))
+    event["tags"] = [tag]
+    return event
+
+
+def _post_alone(client: FlaskClient, secret: str, msg_id: str) -> Any:
+    answers: list[Any] = []
+    # A greenlet starts with no app context, as a gunicorn worker serves a request.
+    greenlet(
+        lambda: answers.append(post_standard(client, SLUG, secret, _tags_set(), msg_id))
+    ).switch()
+    return answers[0]
+
+
+class Round:
+    """Requests started as the worker starts them, parked until `flush_and_answer`."""
+
+    def __init__(self, client: FlaskClient, secret: str) -> None:
+        self.client = client
+        self.secret = secret
+        self.answers: dict[int, Any] = {}
+        self.waiting: list[Any] = []
+
+    def start(self, msg_id: str, tag: str = "gold") -> None:
+        index = len(self.answers) + len(self.waiting)
+
+        def post() -> None:
+            self.answers[index] = post_standard(
+                self.client, SLUG, self.secret, _tags_set(tag), msg_id
+            )
+
+        started = group.start(post)
+        if started is not None:
+            self.waiting.append(started)
+
+    def answer(self) -> list[Any]:
+        for request in self.waiting:
+            request.switch()
+        return [self.answers[i] for i in sorted(self.answers)]
+
+
+def _groups(client: FlaskClient) -> tuple[float, float]:
+    s = scrape(client)
+    return (
+        value(s, "gatehouse_webhook_group_requests_count"),
+        value(s, "gatehouse_webhook_group_requests_sum"),
+    )
+
+
+def _stored(external_id: str) -> Event:
+    found = db.session.execute(select(Event).where(Event.external_id == external_id)).scalar_one()
+    db.session.rollback()
+    return found
+
+
+def test_parked_webhooks_are_answered_only_after_one_insert_has_stored_them_all(
+    app: Flask, client: FlaskClient, secret: str
+) -> None:
+    groups_before = _groups(client)
+    with group.collecting() as parked:
+        requests = Round(client, secret)
+        for i in range(5):
+            requests.start(f"msg_g{i}")
+        assert len(parked) == 5
+        assert requests.answers == {}  # nobody answered yet
+        assert event_count() == 1  # the warm-up only: nothing of theirs written
+        parked.flush()
+        answers = requests.answer()
+
+    assert [a.status_code for a in answers] == [202] * 5
+    for i, answer in enumerate(answers):
+        stored = _stored(f"msg_g{i}")
+        assert answer.json == {"status": "accepted", "events": [stored.id]}
+        assert (stored.status, stored.deliveries, stored.type) == (
+            "received",
+            1,
+            "contact.tags_set",
+        )
+        assert stored.payload["tags"] == ["gold"]
+    assert event_count() == 6
+    count, total = _groups(client)
+    assert (count - groups_before[0], total - groups_before[1]) == (1, 5)  # one insert, five rows
+
+
+def test_a_redelivery_and_a_repeat_inside_one_group_are_answered_duplicate_and_counted(
+    app: Flask, client: FlaskClient, secret: str
+) -> None:
+    first = _post_alone(client, secret, "msg_known")
+    with group.collecting() as parked:
+        requests = Round(client, secret)
+        requests.start("msg_known")  # delivered before
+        requests.start("msg_twice")
+        requests.start("msg_twice")  # the sender's retry, racing its first try
+        requests.start("msg_new")
+        parked.flush()
+        known, twice, again, new = requests.answer()
+
+    assert (known.status_code, twice.status_code, again.status_code, new.status_code) == (
+        200,
+        202,
+        200,
+        202,
+    )
+    assert known.json == {"status": "duplicate", "events": first.json["events"]}
+    assert again.json == {"status": "duplicate", "events": twice.json["events"]}
+    assert _stored("msg_known").deliveries == 2
+    assert _stored("msg_twice").deliveries == 2
+    assert _stored("msg_new").deliveries == 1
+    assert event_count() == 4  # warm-up, known, twice, new
+
+
+def test_when_the_group_insert_fails_every_request_is_answered_as_a_failed_store(
+    app: Flask, client: FlaskClient, secret: str
+) -> None:
+    with refusing_inserts("events"), group.collecting() as parked:
+        requests = Round(client, secret)
+        for i in range(3):
+            requests.start(f"msg_f{i}")
+        parked.flush()
+        answers = requests.answer()
+
+    assert [a.status_code for a in answers] == [503] * 3
+    assert all(a.json["error"] == "unavailable" for a in answers)
+    assert event_count() == 1
+
+
+def test_after_a_failed_group_insert_each_request_is_stored_on_its_own(
+    app: Flask, client: FlaskClient, secret: str
+) -> None:
+    """The database refused the group's insert, then recovered: each request goes the way
+    of a failed insert (Flask's view, its own store), so none is lost or doubled."""
+    with group.collecting() as parked:
+        requests = Round(client, secret)
+        for i in range(3):
+            requests.start(f"msg_r{i}")
+        with refusing_inserts("events"):
+            parked.flush()
+        answers = requests.answer()
+
+    assert [a.status_code for a in answers] == [202] * 3
+    for i, answer in enumerate(answers):
+        assert answer.json["events"] == [_stored(f"msg_r{i}").id]
+    assert event_count() == 4
+
+
+def test_a_request_the_worker_does_not_run_in_a_greenlet_is_stored_at_once(
+    app: Flask, client: FlaskClient, secret: str
+) -> None:
+    with group.collecting() as parked:
+        # Posted from the worker's own greenlet: nothing could resume it, so it must not park.
+        r = post_standard(client, SLUG, secret, _tags_set(), "msg_main")
+        assert len(parked) == 0
+    assert r.status_code == 202
+    assert r.json["events"] == [_stored("msg_main").id]
+
+
+def _signed_post(secret: str, msg_id: str) -> bytes:
+    body = json.dumps(_tags_set()).encode()
+    headers = standard_headers(secret, msg_id, body)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (
+        f"POST /hooks/{SLUG} HTTP/1.1\r\nHost: gatehouse\r\nContent-Length: {len(body)}\r\n"
+        f"{head}\r\n"
+    ).encode() + body
+
+
+def _answer(conn: socket.socket) -> tuple[int, Any]:
+    conn.settimeout(20)
+    answer = http.client.HTTPResponse(conn)
+    answer.begin()
+    return answer.status, json.loads(answer.read() or b"null")
+
+
+def test_the_web_worker_stores_the_webhooks_waiting_together_in_one_insert(
+    tmp_path: Path, redis_server: Any
+) -> None:
+    """gunicorn with the Procfile's worker, one process. A first client sends all of its
+    request but the last byte, so the worker waits on it while eleven more requests queue
+    up (ten new events and a retry of one of them). Once the last byte arrives, the worker
+    parks that request, takes the eleven, and stores them with one insert."""
+    if redis_server.proc is None:
+        redis_server.start()
+    database = f"sqlite:///{tmp_path / 'g.db'}"
+    engine = create_engine(database)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database,
+        "REDIS_URL": redis_server.url,
+        "SECRET_KEY": SECRET_KEY,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+        "GATEHOUSE_LOG_LEVEL": "ERROR",
+    }
+    added = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "wsgi",
+            "sources",
+            "add",
+            SLUG,
+            "--kind",
+            "standard",
+            "--crm",
+            "keap",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    secret = next(w for w in added.split() if w.startswith("whsec_"))
+    with gunicorn_serving(
+        "wsgi:app", "--config", "gunicorn.conf.py", "--workers", "1", env=env
+    ) as port:
+        warm_up = socket.create_connection(("127.0.0.1", port))
+        warm_up.sendall(_signed_post(secret, "warm-up"))
+        assert _answer(warm_up)[0] == 202
+
+        held = _signed_post(secret, "held")
+        holder = socket.create_connection(("127.0.0.1", port))
+        holder.sendall(held[:-1])
+        time.sleep(0.3)  # the worker is now reading the holder's body
+        queued = []
+        for msg_id in [f"q{i}" for i in range(10)] + ["q3"]:
+            conn = socket.create_connection(("127.0.0.1", port))
+            conn.sendall(_signed_post(secret, msg_id))
+            queued.append(conn)
+        time.sleep(0.3)
+        holder.sendall(held[-1:])
+
+        answers = [_answer(conn) for conn in [holder, *queued]]
+        metrics_conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        metrics_conn.request("GET", "/metrics")
+        scraped = samples(metrics_conn.getresponse().read().decode())
+
+    assert [status for status, _ in answers] == [202] * 11 + [200]
+    assert answers[-1][1] == {"status": "duplicate", "events": answers[4][1]["events"]}
+    assert value(scraped, "gatehouse_webhook_group_requests_count") == 1
+    assert value(scraped, "gatehouse_webhook_group_requests_sum") == 12
+    engine = create_engine(database)
+    with engine.connect() as connection:
+        rows = connection.execute(select(Event.external_id, Event.deliveries, Event.id)).all()
+    engine.dispose()
+    stored = {external_id: (deliveries, event_id) for external_id, deliveries, event_id in rows}
+    assert len(rows) == 12  # warm-up, held, q0..q9: each once
+    assert stored["q3"][0] == 2
+    sent = ["held"] + [f"q{i}" for i in range(10)]
+    for (_status, body), msg_id in zip(answers[:11], sent, strict=True):
+        assert body["events"] == [stored[msg_id][1]]
