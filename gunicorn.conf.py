@@ -15,7 +15,8 @@ from typing import Any
 from gatehouse.config import INSTANCE_DIR
 from gatehouse.serving import WEB_WORKERS, WORKER_CLASS
 
-# gunicorn's sync worker, closing a finished connection without waiting for the client.
+# gunicorn's sync worker, storing webhooks that arrive together in one commit and closing a
+# finished connection without waiting for the client (gatehouse.serving).
 worker_class = WORKER_CLASS
 # A bigger host, or one that runs only the web tier, sets WEB_CONCURRENCY (or --workers).
 # Read here too: gunicorn takes WEB_CONCURRENCY as its default, which this file overrides.

@@ -64,6 +64,7 @@ from bench.load import (
 from gatehouse.extensions import db
 from gatehouse.handlers.jobs import recompute_members
 from gatehouse.models import Event, Member
+from gatehouse.serving import QUEUE_WORKERS
 
 BENCHMARKS = ("ingest", "processing", "lag", "reads", "rules", "memory")
 RESULTS = ROOT / "bench" / "results" / "latest.json"
@@ -399,16 +400,15 @@ class Bench:
         }
 
     def start_background_workers(self) -> None:
-        """The Procfile's deployment from here on (lag, rules): web and its worker, which
-        relays (`--lag-workers` runs more). The standalone relay that ingest and the drains
-        need is stopped: a second relay, polling and claiming beside the workers', is one
-        no site runs.
+        """The deployment `make run` starts from here on (lag, rules): web and its queue
+        workers (`--lag-workers`, by default `gatehouse.serving.QUEUE_WORKERS`), which
+        relay. The standalone relay that ingest and the drains need is stopped: another
+        relay, polling and claiming beside the workers', is one no site runs.
 
-        One worker, as `make run` starts it, and not two: on SQLite, with every writer
-        taking turns at one lock on two cores, a second worker took more from the web tier
-        than it added. At half the ingest maximum the web answered 0.66-0.79x of the posts
-        offered with two workers, 0.91-0.99x with one, whose drain rate (2,500 events/s) is
-        still 1.7x the rate offered (docs/benchmarks.md)."""
+        Two workers since webhooks that arrive together share a commit: the ingest maximum,
+        and so the lag phase's rate, about doubled, and one worker fell behind at half of it
+        (gatehouse.serving, QUEUE_WORKERS). Before that, one: on SQLite a second took more
+        from the web tier than it added (docs/benchmarks.md)."""
         if self.bg_workers:
             return
         self.bg_workers = [
@@ -730,8 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lag-workers",
         type=int,
-        default=1,
-        help="queue workers running during lag and rules (1: the Procfile's deployment)",
+        default=QUEUE_WORKERS,
+        help=f"queue workers during lag and rules ({QUEUE_WORKERS}: what `make run` starts)",
     )
     parser.add_argument("--rules-members", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="small settings, harness check")

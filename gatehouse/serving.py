@@ -1,5 +1,6 @@
-"""The gunicorn worker the Procfile's `web` runs: gunicorn's sync worker, except that a
-connection whose request was read whole is closed at once.
+"""The gunicorn worker the Procfile's `web` runs (`GroupCommitWorker`): gunicorn's sync
+worker, storing the webhooks that arrive together in one commit (`gatehouse.webhooks.group`),
+and closing a connection whose request was read whole at once (`PromptCloseWorker`).
 
 Since benoitc/gunicorn#3590 (in the 27.0.1 we pin) the sync worker ends every connection with
 `util.close_graceful`: it half-closes, then waits in `recv` until the client closes its end
@@ -122,3 +123,10 @@ WORKER_CLASS = f"{__name__}.{GroupCommitWorker.__name__}"
 # (docs/benchmarks.md, "A worker that closes at once", 3). gunicorn.conf.py and the bench
 # both read it.
 WEB_WORKERS = 2
+# Queue workers `make run` starts (and the benchmark runs beside the web): two. Since webhooks
+# that arrive together share one commit, the web accepts about twice what it did, and at half
+# of that rate one queue worker fell behind beside the web (lag p99 1.1 s on SQLite at 1,985
+# posts/s, 2.1 s on PostgreSQL at 1,505/s); two kept up on SQLite (158-162 ms at 2,010-2,160/s)
+# and came close on PostgreSQL (324 ms at 1,612/s) (docs/benchmarks.md, "Webhooks that arrive
+# together, stored in one commit").
+QUEUE_WORKERS = 2

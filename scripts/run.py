@@ -1,4 +1,5 @@
-"""`make run`: start Redis if none answers at REDIS_URL, then web + worker with honcho.
+"""`make run`: start Redis if none answers at REDIS_URL, then web + worker with honcho, as
+many queue workers as `gatehouse.serving.QUEUE_WORKERS` (two).
 
 Ctrl-C stops everything this started (honcho stops its processes, Redis among them).
 """
@@ -14,8 +15,14 @@ import redis
 from dotenv import dotenv_values
 
 from gatehouse.devtools import redis_server_binary
+from gatehouse.serving import QUEUE_WORKERS
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def honcho_command(honcho: str, procfile: Path) -> list[str]:
+    """honcho starting every process of `procfile`, the worker QUEUE_WORKERS times."""
+    return [honcho, "-d", str(ROOT), "-f", str(procfile), "start", "-c", f"worker={QUEUE_WORKERS}"]
 
 
 def main() -> int:
@@ -56,7 +63,7 @@ def main() -> int:
     # The Procfile names gunicorn and flask: make the venv's copies the ones found.
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     honcho = str(bin_dir / "honcho")
-    os.execv(honcho, [honcho, "-d", str(ROOT), "-f", str(procfile), "start"])
+    os.execv(honcho, honcho_command(honcho, procfile))
     return 0  # pragma: no cover - exec does not return
 
 

@@ -115,3 +115,24 @@ def test_the_procfile_config_runs_two_workers_unless_told(
     settings = runpy.run_path(str(REPO / "gunicorn.conf.py"))
     assert settings["workers"] == expected
     assert settings["worker_class"] == "gatehouse.serving.GroupCommitWorker"
+
+
+def test_make_run_starts_the_queue_workers_the_deployment_counts_on(tmp_path: Path) -> None:
+    """The lag figures in docs/benchmarks.md were measured with QUEUE_WORKERS workers beside
+    the web: `make run` (scripts/run.py) must start that many."""
+    import subprocess
+    import sys
+
+    from gatehouse.serving import QUEUE_WORKERS
+    from scripts.run import honcho_command
+
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("worker: echo up-$PORT && sleep 1\n")
+    honcho = str(Path(sys.executable).parent / "honcho")
+    done = subprocess.run(
+        honcho_command(honcho, procfile), capture_output=True, text=True, timeout=30
+    )
+    # honcho prints "<time> <process> | <output>".
+    started = {line.split()[1] for line in done.stdout.splitlines() if " up-" in line}
+    assert QUEUE_WORKERS == 2
+    assert started == {f"worker.{k}" for k in range(1, QUEUE_WORKERS + 1)}
