@@ -73,17 +73,31 @@ def has_request_waiting(client: socket.socket) -> bool:
     return True
 
 
+def resume_all(requests: list[Any]) -> None:
+    """Resume each parked request (it answers and closes); every one of them, even if one
+    raises, which the sync worker's `handle` does not let happen."""
+    failed: BaseException | None = None
+    for request in requests:
+        try:
+            request.switch()
+        except BaseException as exc:  # noqa: BLE001 - raised below, once all are answered
+            failed = failed or exc
+    if failed is not None:
+        raise failed
+
+
 class GroupCommitWorker(PromptCloseWorker):
     """`PromptCloseWorker`, storing the accepted webhooks that arrive together in one commit
     (`gatehouse.webhooks.group`).
 
     Each connection is served by the sync worker's own `handle`, unchanged, in a greenlet.
     When a request parks at its store, the connections already waiting in the listen queue
-    with their request sent are started the same way, up to `GROUP_MAX`; then the group is
-    stored and every parked request resumed, in the order it came. Connections that park
-    nothing (reads, the admin, a rejected webhook, hello-world) are served to the end when
-    started, as the sync worker serves them. One that has sent nothing yet ends the group
-    and is served after it, so a slow client never holds a group's answers.
+    with their request sent are started the same way, up to `GROUP_MAX` connections; then
+    the group is stored and every parked request resumed, in the order it came.
+    Connections that park nothing (reads, the admin, a rejected webhook, hello-world) are
+    served to the end when started, as the sync worker serves them. One that has sent
+    nothing yet ends the group and is served after it, so a slow client never holds a
+    group's answers.
     """
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
@@ -94,14 +108,16 @@ class GroupCommitWorker(PromptCloseWorker):
             if first is None:
                 return
             waiting = [first]
+            taken = 1  # connections, parked or not: reads served meanwhile delay the group too
             try:
-                while len(parked_in) < group.GROUP_MAX:
+                while taken < group.GROUP_MAX:
                     try:
                         other, other_addr = listener.accept()
                     except OSError:
                         break  # none waiting (or gone before accepted): the run loop's concern
                     other.setblocking(True)
                     util.close_on_exec(other)
+                    taken += 1
                     if not has_request_waiting(other):
                         late = (other, other_addr)
                         break
@@ -110,8 +126,7 @@ class GroupCommitWorker(PromptCloseWorker):
                         waiting.append(started)
             finally:
                 parked_in.flush()
-                for request in waiting:
-                    request.switch()
+                resume_all(waiting)
         if late is not None:
             serve(listener, *late)
 

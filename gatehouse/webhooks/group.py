@@ -33,8 +33,9 @@ from gatehouse import metrics
 from gatehouse.webhooks.inbox import DriverInsert, Stored, event_rows
 from gatehouse.webhooks.senders.base import CanonicalEvent, SourceInfo
 
-# The most requests one group holds: at 16, a group's insert binds 272 values, and the first
-# request of a full group waits for the fifteen after it (about 5 ms of the worker's CPU).
+# The most connections a worker takes into one group: at 16 a group's insert binds at most
+# 272 values, and the first request of a full group waits for the fifteen after it (about
+# 5 ms of the web worker's CPU).
 GROUP_MAX = 16
 
 # What a parked request's greenlet hands back to the worker.
