@@ -15,6 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ from tests.helpers import (
 from tests.ops.test_metrics import samples, scrape, value
 
 SLUG = "grouped"
+FLASK = [sys.executable, "-m", "flask", "--app", "wsgi"]
 
 
 @pytest.fixture
@@ -226,13 +229,43 @@ def _answer(conn: socket.socket) -> tuple[int, Any]:
     return answer.status, json.loads(answer.read() or b"null")
 
 
-def test_the_web_worker_stores_the_webhooks_waiting_together_in_one_insert(
-    tmp_path: Path, redis_server: Any
-) -> None:
-    """gunicorn with the Procfile's worker, one process. A first client sends all of its
-    request but the last byte, so the worker waits on it while eleven more requests queue
-    up (ten new events and a retry of one of them). Once the last byte arrives, the worker
-    parks that request, takes the eleven, and stores them with one insert."""
+@dataclass
+class Served:
+    port: int
+    secret: str
+    database: str
+    held_rest: bytes = b""
+
+    def post(self, msg_id: str, hold_last_byte: bool = False) -> socket.socket:
+        request = _signed_post(self.secret, msg_id)
+        conn = socket.create_connection(("127.0.0.1", self.port))
+        conn.sendall(request[:-1] if hold_last_byte else request)
+        if hold_last_byte:
+            self.held_rest = request[-1:]
+        return conn
+
+    def groups(self) -> tuple[float, float]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn.request("GET", "/metrics")
+        scraped = samples(conn.getresponse().read().decode())
+        return (
+            value(scraped, "gatehouse_webhook_group_requests_count"),
+            value(scraped, "gatehouse_webhook_group_requests_sum"),
+        )
+
+    def stored(self) -> dict[str, tuple[int, str]]:
+        """{external id: (deliveries, event id)}"""
+        engine = create_engine(self.database)
+        with engine.connect() as connection:
+            rows = connection.execute(select(Event.external_id, Event.deliveries, Event.id)).all()
+        engine.dispose()
+        return {external_id: (deliveries, event_id) for external_id, deliveries, event_id in rows}
+
+
+@pytest.fixture
+def served(tmp_path: Path, redis_server: Any) -> Iterator[Served]:
+    """gunicorn with the Procfile's worker class and config, one worker process, after one
+    accepted webhook (a worker's first makes its driver insert, through Flask)."""
     if redis_server.proc is None:
         redis_server.start()
     database = f"sqlite:///{tmp_path / 'g.db'}"
@@ -248,20 +281,7 @@ def test_the_web_worker_stores_the_webhooks_waiting_together_in_one_insert(
         "GATEHOUSE_LOG_LEVEL": "ERROR",
     }
     added = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flask",
-            "--app",
-            "wsgi",
-            "sources",
-            "add",
-            SLUG,
-            "--kind",
-            "standard",
-            "--crm",
-            "keap",
-        ],
+        [*FLASK, "sources", "add", SLUG, "--kind", "standard", "--crm", "keap"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -272,38 +292,53 @@ def test_the_web_worker_stores_the_webhooks_waiting_together_in_one_insert(
     with gunicorn_serving(
         "wsgi:app", "--config", "gunicorn.conf.py", "--workers", "1", env=env
     ) as port:
-        warm_up = socket.create_connection(("127.0.0.1", port))
-        warm_up.sendall(_signed_post(secret, "warm-up"))
-        assert _answer(warm_up)[0] == 202
+        server = Served(port, secret, database)
+        assert _answer(server.post("warm-up"))[0] == 202
+        assert server.groups() == (0, 0)
+        yield server
 
-        held = _signed_post(secret, "held")
-        holder = socket.create_connection(("127.0.0.1", port))
-        holder.sendall(held[:-1])
-        time.sleep(0.3)  # the worker is now reading the holder's body
-        queued = []
-        for msg_id in [f"q{i}" for i in range(10)] + ["q3"]:
-            conn = socket.create_connection(("127.0.0.1", port))
-            conn.sendall(_signed_post(secret, msg_id))
-            queued.append(conn)
-        time.sleep(0.3)
-        holder.sendall(held[-1:])
 
-        answers = [_answer(conn) for conn in [holder, *queued]]
-        metrics_conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        metrics_conn.request("GET", "/metrics")
-        scraped = samples(metrics_conn.getresponse().read().decode())
+def test_the_web_worker_stores_the_webhooks_waiting_together_in_one_insert(
+    served: Served,
+) -> None:
+    """A first client sends all of its request but the last byte, so the worker waits on it
+    while seventeen more queue up (sixteen new events and a retry of one of them). Once the
+    last byte arrives, the worker parks that request, takes fifteen more (a group holds 16
+    connections) and stores them with one insert; then the other two, the retry among them."""
+    holder = served.post("held", hold_last_byte=True)
+    time.sleep(0.3)  # the worker is now reading the holder's body
+    sent = [f"q{i}" for i in range(16)] + ["q3"]
+    queued = [served.post(msg_id) for msg_id in sent]
+    time.sleep(0.3)
+    holder.sendall(served.held_rest)
 
-    assert [status for status, _ in answers] == [202] * 11 + [200]
+    answers = [_answer(conn) for conn in [holder, *queued]]
+
+    assert [status for status, _ in answers] == [202] * 17 + [200]
     assert answers[-1][1] == {"status": "duplicate", "events": answers[4][1]["events"]}
-    assert value(scraped, "gatehouse_webhook_group_requests_count") == 1
-    assert value(scraped, "gatehouse_webhook_group_requests_sum") == 12
-    engine = create_engine(database)
-    with engine.connect() as connection:
-        rows = connection.execute(select(Event.external_id, Event.deliveries, Event.id)).all()
-    engine.dispose()
-    stored = {external_id: (deliveries, event_id) for external_id, deliveries, event_id in rows}
-    assert len(rows) == 12  # warm-up, held, q0..q9: each once
+    assert served.groups() == (2, 18)
+    stored = served.stored()
+    assert len(stored) == 18  # warm-up, held, q0..q15: each once
     assert stored["q3"][0] == 2
-    sent = ["held"] + [f"q{i}" for i in range(10)]
-    for (_status, body), msg_id in zip(answers[:11], sent, strict=True):
+    for (_status, body), msg_id in zip(answers[:17], ["held", *sent[:16]], strict=True):
         assert body["events"] == [stored[msg_id][1]]
+
+
+def test_a_client_that_has_not_sent_its_request_ends_the_group(served: Served) -> None:
+    """Its request is read after the group has been answered: a slow client holds no
+    group's answers. The requests queued behind it form the next group."""
+    holder = served.post("held", hold_last_byte=True)
+    time.sleep(0.3)
+    before = [served.post(f"b{i}") for i in range(3)]
+    idle = socket.create_connection(("127.0.0.1", served.port))
+    after = [served.post(f"a{i}") for i in range(3)]
+    time.sleep(0.3)
+    holder.sendall(served.held_rest)
+
+    # The group of four is answered while the idle client has still sent nothing.
+    assert [_answer(conn)[0] for conn in [holder, *before]] == [202] * 4
+    idle.sendall(_signed_post(served.secret, "idle"))
+    assert _answer(idle)[0] == 202
+    assert [_answer(conn)[0] for conn in after] == [202] * 3
+    assert served.groups() == (2, 7)  # 4, then 3; the idle client's request stored alone
+    assert len(served.stored()) == 9
