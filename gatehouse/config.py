@@ -60,9 +60,6 @@ def load_settings(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "GATEHOUSE_SWEEP_INTERVAL": pick("GATEHOUSE_SWEEP_INTERVAL", env.int, 15),
         "GATEHOUSE_SWEEP_GRACE": pick("GATEHOUSE_SWEEP_GRACE", env.int, 30),
         "GATEHOUSE_LOG_LEVEL": pick("GATEHOUSE_LOG_LEVEL", env.str, "WARNING"),
-        # How long a web worker holds an accepted webhook for more to share its commit, when
-        # none is waiting (gatehouse.serving.GroupCommitWorker); 0 stores it at once.
-        "GATEHOUSE_GROUP_WAIT_MS": pick("GATEHOUSE_GROUP_WAIT_MS", env.float, 2.0),
         "KEAP_API_BASE_URL": pick(
             "KEAP_API_BASE_URL", env.str, "https://api.infusionsoft.com/crm/rest/v1"
         ),

@@ -19,9 +19,7 @@ hands the socket to gunicorn's own graceful close; otherwise it closes at once.
 
 from __future__ import annotations
 
-import select
 import socket
-import time
 from typing import Any
 
 from gunicorn import util
@@ -99,19 +97,8 @@ class GroupCommitWorker(PromptCloseWorker):
     Connections that park nothing (reads, the admin, a rejected webhook, hello-world) are
     served to the end when started, as the sync worker serves them. One that has sent
     nothing yet ends the group and is served after it, so a slow client never holds a
-    group's answers. When no connection is waiting, the worker waits up to
-    GATEHOUSE_GROUP_WAIT_MS (2 ms) for one before it stores the group: at a steady rate that
-    no longer queues requests, the requests that arrive within it still share a commit.
+    group's answers.
     """
-
-    _group_wait: float | None = None
-
-    def group_wait(self) -> float:
-        """GATEHOUSE_GROUP_WAIT_MS of the app served, in seconds (0 for an app without it)."""
-        if self._group_wait is None:
-            config = getattr(self.wsgi, "config", None) or {}
-            self._group_wait = float(config.get("GATEHOUSE_GROUP_WAIT_MS") or 0) / 1000
-        return self._group_wait
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         serve = super().handle
@@ -122,20 +109,12 @@ class GroupCommitWorker(PromptCloseWorker):
                 return
             waiting = [first]
             taken = 1  # connections, parked or not: reads served meanwhile delay the group too
-            wait_until = 0.0
             try:
                 while taken < group.GROUP_MAX:
                     try:
                         other, other_addr = listener.accept()
-                    except BlockingIOError:
-                        # None waiting: hold the group a moment for more to share its commit.
-                        wait_until = wait_until or time.monotonic() + self.group_wait()
-                        left = wait_until - time.monotonic()
-                        if left <= 0 or not select.select([listener], [], [], left)[0]:
-                            break
-                        continue  # another worker may take it first: then wait out the rest
                     except OSError:
-                        break  # gone before accepted: the run loop's concern
+                        break  # none waiting (or gone before accepted): the run loop's concern
                     other.setblocking(True)
                     util.close_on_exec(other)
                     taken += 1

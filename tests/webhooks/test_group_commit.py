@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,8 +262,8 @@ class Served:
         return {external_id: (deliveries, event_id) for external_id, deliveries, event_id in rows}
 
 
-@contextmanager
-def _serving(tmp_path: Path, redis_server: Any, **settings: str) -> Iterator[Served]:
+@pytest.fixture
+def served(tmp_path: Path, redis_server: Any) -> Iterator[Served]:
     """gunicorn with the Procfile's worker class and config, one worker process, after one
     accepted webhook (a worker's first makes its driver insert, through Flask)."""
     if redis_server.proc is None:
@@ -280,7 +279,6 @@ def _serving(tmp_path: Path, redis_server: Any, **settings: str) -> Iterator[Ser
         "SECRET_KEY": SECRET_KEY,
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
         "GATEHOUSE_LOG_LEVEL": "ERROR",
-        **settings,
     }
     added = subprocess.run(
         [*FLASK, "sources", "add", SLUG, "--kind", "standard", "--crm", "keap"],
@@ -297,12 +295,6 @@ def _serving(tmp_path: Path, redis_server: Any, **settings: str) -> Iterator[Ser
         server = Served(port, secret, database)
         assert _answer(server.post("warm-up"))[0] == 202
         assert server.groups() == (0, 0)
-        yield server
-
-
-@pytest.fixture
-def served(tmp_path: Path, redis_server: Any) -> Iterator[Served]:
-    with _serving(tmp_path, redis_server) as server:
         yield server
 
 
@@ -350,17 +342,3 @@ def test_a_client_that_has_not_sent_its_request_ends_the_group(served: Served) -
     assert [_answer(conn)[0] for conn in after] == [202] * 3
     assert served.groups() == (2, 7)  # 4, then 3; the idle client's request stored alone
     assert len(served.stored()) == 9
-
-
-@pytest.mark.parametrize(("wait_ms", "groups"), [("1000", (1, 2)), ("0", (2, 2))])
-def test_a_webhook_arriving_alone_waits_for_the_next_within_the_group_wait(
-    tmp_path: Path, redis_server: Any, wait_ms: str, groups: tuple[int, int]
-) -> None:
-    """GATEHOUSE_GROUP_WAIT_MS: with nothing else waiting, a parked webhook is held that long
-    for another to share its commit; 0 stores it at once."""
-    with _serving(tmp_path, redis_server, GATEHOUSE_GROUP_WAIT_MS=wait_ms) as server:
-        first = server.post("alone")
-        time.sleep(0.2)
-        second = server.post("next")
-        assert [_answer(conn)[0] for conn in [first, second]] == [202, 202]
-        assert server.groups() == groups
