@@ -326,17 +326,21 @@ def test_the_web_worker_stores_the_webhooks_waiting_together_in_one_insert(
 
 def test_a_client_that_has_not_sent_its_request_ends_the_group(served: Served) -> None:
     """Its request is read after the group has been answered: a slow client holds no
-    group's answers. The requests queued behind it form the next group."""
+    group's answers. The requests queued behind it form the next group. A read queued
+    among the webhooks is served and parks nothing."""
     holder = served.post("held", hold_last_byte=True)
     time.sleep(0.3)
     before = [served.post(f"b{i}") for i in range(3)]
+    health = socket.create_connection(("127.0.0.1", served.port))
+    health.sendall(b"GET /healthz HTTP/1.1\r\nHost: gatehouse\r\n\r\n")
     idle = socket.create_connection(("127.0.0.1", served.port))
     after = [served.post(f"a{i}") for i in range(3)]
     time.sleep(0.3)
     holder.sendall(served.held_rest)
 
-    # The group of four is answered while the idle client has still sent nothing.
-    assert [_answer(conn)[0] for conn in [holder, *before]] == [202] * 4
+    # The group of four is answered while the idle client has still sent nothing; the read
+    # among them parks nothing and is answered too.
+    assert [_answer(conn)[0] for conn in [holder, *before, health]] == [202] * 4 + [200]
     idle.sendall(_signed_post(served.secret, "idle"))
     assert _answer(idle)[0] == 202
     assert [_answer(conn)[0] for conn in after] == [202] * 3
