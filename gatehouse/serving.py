@@ -78,13 +78,13 @@ def request_start(client: socket.socket, wait: bool) -> bytes | None:
         return b""  # reset, or gone: the ordinary handling deals with it
 
 
-def resume_all(requests: list[Any]) -> None:
+def resume_all(slots: group.Slots, requests: list[Any]) -> None:
     """Resume each parked request (it answers and closes); every one of them, even if one
     raises, which the sync worker's `handle` does not let happen."""
     failed: BaseException | None = None
     for request in requests:
         try:
-            request.switch()
+            slots.resume(request)
         except BaseException as exc:  # noqa: BLE001 - raised below, once all are answered
             failed = failed or exc
     if failed is not None:
@@ -96,28 +96,33 @@ class GroupCommitWorker(PromptCloseWorker):
     (`gatehouse.webhooks.group`).
 
     A connection whose request starts `POST /hooks/` is served by the sync worker's own
-    `handle`, unchanged, in a greenlet; any other is served as the sync worker serves it
-    (a TLS connection, whose bytes are encrypted, always is). When a request parks at its
-    store, the connections already waiting in the listen queue
-    with their request sent are started the same way, up to `GROUP_MAX` connections; then
-    the group is stored and every parked request resumed, in the order it came.
+    `handle`, unchanged, in a greenlet (kept from one connection to the next: `Slots`); any
+    other is served as the sync worker serves it (a TLS connection, whose bytes are
+    encrypted, always is). When a request parks at its store, the connections already
+    waiting in the listen queue with their request sent are started the same way, up to
+    `GROUP_MAX` connections; then the group is stored and every parked request resumed, in
+    the order it came.
     Connections that park nothing (reads, the admin, a rejected webhook, hello-world) are
     served to the end when started, as the sync worker serves them. One that has sent
     nothing yet ends the group and is served after it, so a slow client never holds a
     group's answers.
     """
 
+    _slots: group.Slots | None = None
+
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         serve = super().handle
         head = request_start(client, wait=True)
         if head is None or not head.startswith(HOOK_POST):
-            # Not a webhook: served as the sync worker serves it, without a greenlet (one
-            # costs about 8 µs, 4% of a hello-world request).
+            # Not a webhook: served as the sync worker serves it, without a greenlet.
             serve(listener, client, addr)
             return
+        if self._slots is None:
+            self._slots = group.Slots(serve)
+        slots = self._slots
         late: tuple[socket.socket, Any] | None = None
         with group.collecting() as parked_in:
-            first = group.start(serve, listener, client, addr)
+            first = slots.start(listener, client, addr)
             if first is None:
                 return
             waiting = [first]
@@ -138,12 +143,12 @@ class GroupCommitWorker(PromptCloseWorker):
                     if not head.startswith(HOOK_POST):
                         serve(listener, other, other_addr)
                         continue
-                    started = group.start(serve, listener, other, other_addr)
+                    started = slots.start(listener, other, other_addr)
                     if started is not None:
                         waiting.append(started)
             finally:
                 parked_in.flush()
-                resume_all(waiting)
+                resume_all(slots, waiting)
         if late is not None:
             serve(listener, *late)
 

@@ -71,13 +71,15 @@ def _post_alone(client: FlaskClient, secret: str, msg_id: str) -> Any:
 
 
 class Round:
-    """Requests started as the worker starts them, parked until `flush_and_answer`."""
+    """Requests started as the worker starts them (in kept greenlets, `group.Slots`), parked
+    until `answer` resumes them."""
 
     def __init__(self, client: FlaskClient, secret: str) -> None:
         self.client = client
         self.secret = secret
         self.answers: dict[int, Any] = {}
         self.waiting: list[Any] = []
+        self.slots = group.Slots(lambda post: post())
 
     def start(self, msg_id: str, tag: str = "gold") -> None:
         index = len(self.answers) + len(self.waiting)
@@ -87,13 +89,13 @@ class Round:
                 self.client, SLUG, self.secret, _tags_set(tag), msg_id
             )
 
-        started = group.start(post)
+        started = self.slots.start(post)
         if started is not None:
             self.waiting.append(started)
 
     def answer(self) -> list[Any]:
         for request in self.waiting:
-            request.switch()
+            self.slots.resume(request)
         return [self.answers[i] for i in sorted(self.answers)]
 
 
