@@ -5,7 +5,7 @@ Why: a sync web worker serves one request at a time, and on PostgreSQL it waited
 half of each accepted request for its own commit's log flush (docs/benchmarks.md, "A web
 request without an app context", 1). During a burst the other requests are already waiting
 in the listen socket's queue meanwhile. The web worker (`gatehouse.serving.GroupCommitWorker`)
-serves each connection in a greenlet of its own. When the fast path reaches its store it
+serves each webhook's connection in a greenlet (`Slots`). When the fast path reaches its store it
 parks the request here instead of inserting; the worker then starts whichever other
 connections are already waiting with a request sent (up to `GROUP_MAX`), flushes the group
 (`DriverInsert.insert_group`: one multi-row INSERT ... ON CONFLICT DO NOTHING, committed),
