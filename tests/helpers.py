@@ -247,3 +247,45 @@ def query_plan(app: Flask, marker: str, run: Any) -> list[str]:
             # for the tests after this one.
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
             return [str(row[0]) for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
+
+
+def served_app_env(tmp_path: Path, redis_server: Any) -> tuple[dict[str, str], str]:
+    """The environment for the app served by a real gunicorn (or the CLI) beside the tests: a
+    SQLite file in `tmp_path` with the schema made, the session's Redis, metrics files in
+    `tmp_path / "prom"`. Returns (environment, database URL)."""
+    from sqlalchemy import create_engine
+
+    from gatehouse.models import Base
+    from tests.conftest import SECRET_KEY
+
+    if redis_server.proc is None:
+        redis_server.start()
+    database = f"sqlite:///{tmp_path / 'g.db'}"
+    engine = create_engine(database)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database,
+        "REDIS_URL": redis_server.url,
+        "SECRET_KEY": SECRET_KEY,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+        "GATEHOUSE_LOG_LEVEL": "ERROR",
+    }
+    return env, database
+
+
+FLASK_CLI = [sys.executable, "-m", "flask", "--app", "wsgi"]
+
+
+def cli_standard_source(env: dict[str, str], slug: str) -> str:
+    """`flask sources add <slug> --kind standard` run as an operator runs it; its secret."""
+    added = subprocess.run(
+        [*FLASK_CLI, "sources", "add", slug, "--kind", "standard", "--crm", "keap"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return next(w for w in added.split() if w.startswith("whsec_"))

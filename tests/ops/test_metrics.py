@@ -7,27 +7,23 @@ included), so each test counts under a source slug of its own and compares befor
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
 import uuid
 from pathlib import Path
 
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine
 
-from gatehouse.models import Base
 from gatehouse.queue.relay import relay_all
-from tests.conftest import SECRET_KEY, RedisServer
+from tests.conftest import RedisServer
 from tests.helpers import (
-    REPO,
     bearer,
+    cli_standard_source,
     create_source,
     create_token,
     gunicorn_serving,
     run_worker,
+    served_app_env,
     standard_headers,
 )
 from tests.ops.scenario import broken, post_tag, setup_member
@@ -117,43 +113,9 @@ def test_metrics_add_up_across_gunicorn_workers_that_come_and_go(
 ) -> None:
     """Two workers that each exit after 2 requests: 6 webhooks are counted by >= 3 processes,
     and every scrape, whichever worker answers, shows all 6."""
-    if redis_server.proc is None:
-        redis_server.start()
-    database = f"sqlite:///{tmp_path / 'g.db'}"
-    engine = create_engine(database)
-    Base.metadata.create_all(engine)
-    engine.dispose()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database,
-        "REDIS_URL": redis_server.url,
-        "SECRET_KEY": SECRET_KEY,
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
-        "GATEHOUSE_LOG_LEVEL": "ERROR",
-    }
+    env, _database = served_app_env(tmp_path, redis_server)
     slug = "multi"
-    secret = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flask",
-            "--app",
-            "wsgi",
-            "sources",
-            "add",
-            slug,
-            "--kind",
-            "standard",
-            "--crm",
-            "keap",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    secret = next(w for w in secret.split() if w.startswith("whsec_"))
+    secret = cli_standard_source(env, slug)
     with gunicorn_serving(
         "wsgi:app", "--config", "gunicorn.conf.py", "--workers", "2", "--max-requests", "2", env=env
     ) as port:

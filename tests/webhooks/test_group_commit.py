@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,23 +24,22 @@ from greenlet import greenlet
 from sqlalchemy import create_engine, select
 
 from gatehouse.extensions import db
-from gatehouse.models import Base, Event
+from gatehouse.models import Event
 from gatehouse.webhooks import group
-from tests.conftest import SECRET_KEY
 from tests.helpers import (
-    REPO,
+    cli_standard_source,
     create_source,
     event_count,
     gunicorn_serving,
     load_fixture,
     post_standard,
     refusing_inserts,
+    served_app_env,
     standard_headers,
 )
 from tests.ops.test_metrics import samples, scrape, value
 
 SLUG = "grouped"
-FLASK = [sys.executable, "-m", "flask", "--app", "wsgi"]
 
 
 @pytest.fixture
@@ -268,29 +264,8 @@ class Served:
 def served(tmp_path: Path, redis_server: Any) -> Iterator[Served]:
     """gunicorn with the Procfile's worker class and config, one worker process, after one
     accepted webhook (a worker's first makes its driver insert, through Flask)."""
-    if redis_server.proc is None:
-        redis_server.start()
-    database = f"sqlite:///{tmp_path / 'g.db'}"
-    engine = create_engine(database)
-    Base.metadata.create_all(engine)
-    engine.dispose()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database,
-        "REDIS_URL": redis_server.url,
-        "SECRET_KEY": SECRET_KEY,
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
-        "GATEHOUSE_LOG_LEVEL": "ERROR",
-    }
-    added = subprocess.run(
-        [*FLASK, "sources", "add", SLUG, "--kind", "standard", "--crm", "keap"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    secret = next(w for w in added.split() if w.startswith("whsec_"))
+    env, database = served_app_env(tmp_path, redis_server)
+    secret = cli_standard_source(env, SLUG)
     with gunicorn_serving(
         "wsgi:app", "--config", "gunicorn.conf.py", "--workers", "1", env=env
     ) as port:
