@@ -44,8 +44,6 @@ PARKED = object()
 
 @dataclass
 class _Parked:
-    source: SourceInfo
-    events: list[CanonicalEvent]
     rows: list[dict[str, Any]]
     stored_ids: set[str] = field(default_factory=set)
     error: Exception | None = None
@@ -79,7 +77,7 @@ class InsertGroup:
         if not self.can_park() or (self.inserter is not None and inserter is not self.inserter):
             return inserter.store(source, events, headers)
         self.inserter = inserter
-        parked = _Parked(source, events, event_rows(source, events, headers))
+        parked = _Parked(event_rows(source, events, headers))
         self.parked.append(parked)
         self.worker.switch(PARKED)
         if parked.error is not None:
