@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    event,
     insert,
     update,
 )
@@ -112,6 +113,61 @@ def test_inserts_and_updates_store_what_sqlalchemy_stores(app: Flask) -> None:
         assert stored(OURS) == stored(THEIRS)
         assert stored(OURS) != inserted
         db.session.commit()
+
+
+@pytest.mark.usefixtures("tables")
+def test_an_update_by_key_stores_what_sqlalchemy_stores(app: Flask) -> None:
+    """`ExecuteMany.update` (on PostgreSQL one UPDATE ... FROM unnest) against SQLAlchemy's
+    executemany of the same UPDATE, including a row set to NULLs and a key not stored."""
+    later = datetime(2026, 12, 1, 0, 0, tzinfo=timezone(timedelta(hours=9)))
+    updates = [
+        {"b_id": 1, "b_label": "moved", "b_flag": False, "b_at": later, "b_doc": {"moved": True}},
+        {"b_id": 2, "b_label": None, "b_flag": None, "b_at": None, "b_doc": None},
+        {"b_id": 3, "b_label": "x", "b_flag": True, "b_at": later, "b_doc": []},
+        {"b_id": 99, "b_label": "nobody", "b_flag": True, "b_at": later, "b_doc": 1},
+    ]
+    c = THEIRS.c
+    theirs = (
+        update(THEIRS)
+        .where(c.id == bindparam("b_id"))
+        .values({k: bindparam(f"b_{k}", type_=c[k].type) for k in ("label", "flag", "at", "doc")})
+    )
+    with app.app_context():
+        ExecuteMany(insert(OURS)).run(db.session, ROWS)
+        db.session.execute(insert(THEIRS), ROWS)
+        ExecuteMany.update(OURS, ("id",), ("label", "flag", "at", "doc")).run(db.session, updates)
+        db.session.execute(theirs, updates)
+        assert stored(OURS) == stored(THEIRS)
+        assert stored(OURS)[1][1:] == (None, None, None, "null")
+        assert len(stored(OURS)) == 3
+
+
+@pytest.mark.usefixtures("tables")
+def test_on_postgresql_the_rows_go_as_one_statement(app: Flask) -> None:
+    """One execute for the batch, not an executemany of one execute per row; rows that
+    repeat a key go one by one, so the last one wins as it would there."""
+    sent: list[bool] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, _params: Any, _ctx: Any, many: bool) -> None:
+        if OURS.name in sql:
+            sent.append(many)
+
+    set_flag = ExecuteMany.update(OURS, ("id",), ("flag",))
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            ExecuteMany(insert(OURS)).run(db.session, ROWS)
+            set_flag.run(db.session, [{"b_id": 1, "b_flag": False}, {"b_id": 2, "b_flag": True}])
+            repeated = [{"b_id": 3, "b_flag": True}, {"b_id": 3, "b_flag": False}]
+            set_flag.run(db.session, repeated)
+        finally:
+            event.remove(db.engine, "before_cursor_execute", record)
+        flags = [row[2] for row in stored(OURS)]
+        assert flags[:2] == [False, True] and flags[2] in (False, 0)
+        if db.engine.dialect.name == "postgresql":
+            assert sent == [False, False, True]
+        else:
+            assert sent == [True, True, True]
 
 
 @pytest.mark.usefixtures("tables")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import insert, select, text
 
 from gatehouse.driver import ExecuteMany
 from gatehouse.extensions import db
@@ -143,21 +143,11 @@ _SELECT_SNAPSHOTS = select(_s.contact_id, _s.asserted_at, _s.assert_key).where(
 _INSERT_TAGS = ExecuteMany(insert(_TAGS))
 
 
-def _update_by(table: Any, keys: tuple[str, ...], values: tuple[str, ...]) -> ExecuteMany:
-    """UPDATE table SET <values> WHERE <keys>, for executemany with `b_<column>` parameters."""
-    c = table.c
-    return ExecuteMany(
-        update(table)
-        .where(*(c[k] == bindparam(f"b_{k}") for k in keys))
-        .values({v: bindparam(f"b_{v}", type_=c[v].type) for v in values})
-    )
-
-
-_UPDATE_TAGS = _update_by(
+_UPDATE_TAGS = ExecuteMany.update(
     _TAGS, ("contact_id", "tag"), ("present", "asserted_at", "assert_key", "event_id")
 )
-_UPDATE_MEMBERS = _update_by(_MEMBERS, ("id",), ("access_version", "updated_at"))
-_UPDATE_EVENTS = _update_by(
+_UPDATE_MEMBERS = ExecuteMany.update(_MEMBERS, ("id",), ("access_version", "updated_at"))
+_UPDATE_EVENTS = ExecuteMany.update(
     _EVENTS,
     ("id",),
     ("status", "reason", "effects", "last_error", "processed_at", "attempts", "updated_at"),

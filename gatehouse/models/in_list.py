@@ -51,4 +51,9 @@ def _expanding(element: InList, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(InList, "postgresql")
 def _any(element: InList, compiler: SQLCompiler, **kw: Any) -> str:
     array = bindparam(element.name, type_=ARRAY(element.column.type))
-    return f"{compiler.process(element.column, **kw)} = ANY({compiler.process(array, **kw)})"
+    bound = compiler.process(array, **kw)
+    if compiler.dialect.driver == "psycopg":
+        # Sent in binary (psycopg's `%(name)b`): psycopg dumps a list as text element by
+        # element, escaping each (1.3 µs a string), and in binary at 0.3 µs.
+        bound = bound.replace(f"%({element.name})s", f"%({element.name})b", 1)
+    return f"{compiler.process(element.column, **kw)} = ANY({bound})"

@@ -83,6 +83,8 @@ def test_postgresql_sends_one_statement_text_for_every_length(app: Flask) -> Non
     assert len(sent) == 5
     if dialect == "postgresql":
         assert len(set(sent)) == 1 and "= ANY(" in sent[0]
+        # The list goes in binary (psycopg's `%(name)b`), not dumped as text per element.
+        assert "%(ids)b" in sent[0]
     else:  # SQLAlchemy's expanding IN: one text per length
         assert len(set(sent)) == 5 and all(" IN (" in s for s in sent)
 
