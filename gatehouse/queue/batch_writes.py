@@ -92,12 +92,16 @@ return 1
 """
 
 
-# KEYS: the queue, the intermediate list ("" when RQ does not use one). ARGV: how many.
-# What RQ's dequeue does for one job (LMOVE into the intermediate list, or LPOP), for up to
-# that many, in one call: a pipeline of 49 LMOVEs cost Redis and the worker as much when
-# the queue held two jobs.
+# KEYS: the queue, the intermediate list ("" when RQ does not use one). ARGV: how many, the
+# job key prefix, then the job hash fields to read. What RQ's dequeue does for one job
+# (LMOVE into the intermediate list, or LPOP), for up to that many, in one call: a pipeline
+# of 49 LMOVEs cost Redis and the worker as much when the queue held two jobs. Each moved
+# id comes back with those fields of its hash (all nil: the job is gone).
 _TAKE = """
-local ids = {}
+local out = {}
+local prefix = ARGV[2]
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
 for _ = 1, tonumber(ARGV[1]) do
   local id
   if KEYS[2] ~= "" then
@@ -106,10 +110,30 @@ for _ = 1, tonumber(ARGV[1]) do
     id = redis.call("LPOP", KEYS[1])
   end
   if not id then break end
-  ids[#ids + 1] = id
+  out[#out + 1] = id
+  out[#out + 1] = redis.call("HMGET", prefix .. id, unpack(fields))
 end
-return ids
+return out
 """
+
+# What a batch reads of a job taken by `take` (`batchable`, the scripts below, the
+# heartbeat's registry): everything but the dates, descriptions and meta, which Job.restore
+# spent most of its time parsing (five strptime calls a job) and a batch never reads.
+TAKEN_FIELDS = (
+    "data",
+    "origin",
+    "status",
+    "timeout",
+    "result_ttl",
+    "failure_ttl",
+    "success_callback_name",
+    "failure_callback_name",
+    "stopped_callback_name",
+    "dependency_ids",
+    "retries_left",
+    "retry_intervals",
+    "repeats_left",
+)
 
 
 def _float(moment: datetime) -> str:
@@ -126,10 +150,20 @@ class BatchWrites:
         self._finish = connection.register_script(_FINISH)
         self._take = connection.register_script(_TAKE)
 
-    def take(self, queue_key: str, intermediate_key: str | None, count: int) -> list[str]:
-        """Up to `count` job ids off the queue's head, moved as RQ's dequeue moves one."""
-        ids = self._take(keys=[queue_key, intermediate_key or ""], args=[count])
-        return [as_text(x) for x in ids]
+    def take(
+        self, queue_key: str, intermediate_key: str | None, count: int
+    ) -> list[tuple[str, dict[str, bytes] | None]]:
+        """Up to `count` job ids off the queue's head, moved as RQ's dequeue moves one, each
+        with its hash's `TAKEN_FIELDS` (None for a job deleted meanwhile)."""
+        reply = self._take(
+            keys=[queue_key, intermediate_key or ""],
+            args=[count, Job.redis_job_namespace_prefix, *TAKEN_FIELDS],
+        )
+        taken: list[tuple[str, dict[str, bytes] | None]] = []
+        for job_id, values in zip(reply[::2], reply[1::2], strict=True):
+            fields = {k: v for k, v in zip(TAKEN_FIELDS, values, strict=True) if v is not None}
+            taken.append((as_text(job_id), fields if "data" in fields else None))
+        return taken
 
     def start(
         self,

@@ -145,8 +145,13 @@ def _job_hash(client: Any, job_id: str) -> dict[str, bytes]:
     return {k.decode(): v for k, v in raw.items()}
 
 
-def test_a_batch_leaves_rq_structures_as_stock_rq_leaves_them(app: Flask) -> None:
-    """Field by field (modulo timestamps), so an RQ upgrade that changes the format fails."""
+@pytest.mark.parametrize("taken_second", [False, True], ids=["dequeued-by-rq", "taken-with-it"])
+def test_a_batch_leaves_rq_structures_as_stock_rq_leaves_them(
+    app: Flask, taken_second: bool
+) -> None:
+    """Field by field (modulo timestamps), so an RQ upgrade that changes the format fails.
+    Both for the job RQ's own loop dequeued and for one `_take_more` took with it, which
+    reads only part of the job's hash."""
     client = redis_client.get(app)
     queue = get_queue(app)
     stock_id, batch_id = broken_event(tag="101"), broken_event(tag="102")
@@ -161,7 +166,8 @@ def test_a_batch_leaves_rq_structures_as_stock_rq_leaves_them(app: Flask) -> Non
     stock = SimpleWorker([queue], connection=client)
     with app.app_context():
         stock.work(burst=True, with_scheduler=False, logging_level="WARNING")
-    assert enqueue_events([batch_id])
+    lead = [broken_event(tag="103")] if taken_second else []
+    assert enqueue_events([*lead, batch_id])
     batch = burst(app, batch_size=10)
 
     a, b = _job_hash(client, stock_id), _job_hash(client, batch_id)
@@ -196,8 +202,8 @@ def test_a_batch_leaves_rq_structures_as_stock_rq_leaves_them(app: Flask) -> Non
     assert client.keys("rq:execution:*") == []
     assert client.keys("rq:executions:*") == []
     assert client.llen(queue.intermediate_queue_key) == 0
-    for name in (stock.key, batch.key):
-        assert int(client.hget(name, "successful_job_count") or 0) == 1
+    for name, count in ((stock.key, 1), (batch.key, 1 + len(lead))):
+        assert int(client.hget(name, "successful_job_count") or 0) == count
         assert float(client.hget(name, "total_working_time") or 0) > 0
 
 
