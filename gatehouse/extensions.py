@@ -33,10 +33,20 @@ class RedisClient:
             health_check_interval=30,
         )
         app.extensions["gatehouse.redis"] = client
+        # The web worker's own client (it queues the jobs of a group it stored): a Redis
+        # that hangs holds a web worker for this long, not for socket_timeout above.
+        app.extensions["gatehouse.redis_web"] = redis.Redis.from_url(
+            app.config["REDIS_URL"], socket_connect_timeout=0.5, socket_timeout=0.5
+        )
 
     @staticmethod
     def get(app: Flask | None = None) -> redis.Redis:
         client: redis.Redis = (app or current_app).extensions["gatehouse.redis"]
+        return client
+
+    @staticmethod
+    def web(app: Flask | None = None) -> redis.Redis:
+        client: redis.Redis = (app or current_app).extensions["gatehouse.redis_web"]
         return client
 
 

@@ -148,7 +148,10 @@ class GroupCommitWorker(PromptCloseWorker):
                         waiting.append(started)
             finally:
                 parked_in.flush()
-                resume_all(slots, waiting)
+                try:
+                    resume_all(slots, waiting)
+                finally:
+                    parked_in.enqueue()
         if late is not None:
             serve(listener, *late)
 

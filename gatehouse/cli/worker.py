@@ -27,7 +27,7 @@ from gatehouse.queue.worker import GatehouseWorker, freeze_startup_objects
     default=None,
     envvar="GATEHOUSE_WORKER_BATCH",
     show_envvar=True,
-    help="event jobs taken and applied per transaction [default: 50; 1 = one job at a "
+    help="event jobs taken and applied per transaction [default: 150; 1 = one job at a "
     "time through RQ's own per-job path]",
 )
 @click.option(

@@ -178,7 +178,9 @@ def job_template(app: Flask | None = None) -> JobTemplate:
     return template
 
 
-def enqueue_events(event_ids: Sequence[str], app: Flask | None = None) -> bool:
+def enqueue_events(
+    event_ids: Sequence[str], app: Flask | None = None, client: redis.Redis | None = None
+) -> bool:
     """Queue one job per event (job id = event id) in one round trip.
 
     The jobs are written from a `JobTemplate` (what RQ's `enqueue_many` writes, without its
@@ -192,7 +194,7 @@ def enqueue_events(event_ids: Sequence[str], app: Flask | None = None) -> bool:
     app = app or current_app
     try:
         template = job_template(app)
-        template.script(keys=[], args=template.script_args(event_ids))
+        template.script(keys=[], args=template.script_args(event_ids), client=client)
     except redis.RedisError as exc:
         log.warning("queue.enqueue_failed", extra={"events": len(event_ids), "error": str(exc)})
         return False

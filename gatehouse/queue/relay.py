@@ -2,7 +2,11 @@
 outbox).
 
 The receive view stores an event `received`, commits and answers 202; it does not talk to
-Redis. Every worker runs a relay thread that claims what is `received` (one UPDATE ...
+Redis. (Webhooks stored together by the web worker's group commit are the exception: the
+group stores them `queued` and queues their jobs itself once answered, and hands them back
+here, `received`, when Redis refuses: gatehouse.webhooks.group.)
+
+Every worker runs a relay thread that claims what is `received` (one UPDATE ...
 RETURNING, so relays on several workers never claim the same event), enqueues one job per
 claimed event in one atomic script call, and goes back to polling. Why not enqueue in the
 request: the enqueue was a Redis round trip and a third of a request's CPU on the hot path,

@@ -70,7 +70,11 @@ log = logging.getLogger("gatehouse.queue")
 
 # The queue never imports the handlers: referenced by import path, like the jobs themselves.
 PROCESS_EVENTS = "gatehouse.handlers.jobs.process_events"
-DEFAULT_BATCH = 50
+# Up to 150 event jobs a batch: with the web accepting about 2,000 posts/s on two cores, each
+# batch's own cost (a dozen round trips, each a wait for a core on a busy host) decided how
+# fast the workers went. PostgreSQL lag phase, `--only ingest,lag`: batches of 50 fell
+# behind (lag p99 0.7-1.2 s at 1,800-2,000/s), of 150 kept up (docs/benchmarks.md).
+DEFAULT_BATCH = 150
 DEFAULT_LINGER_MS = 80.0  # a batch that is not full starts once its first job is this old
 BATCH_TTL = 15  # seconds a batch's StartedJobRegistry entries live without a heartbeat
 HEARTBEAT_EVERY = 5.0

@@ -107,7 +107,9 @@ class HookFastPath:
             )
             if not events:
                 return None
-            stored = store(source, events, inbound, None if inserter is None else parking(inserter))
+            stored = store(
+                source, events, inbound, None if inserter is None else parking(inserter, self.app)
+            )
         except Exception:  # noqa: BLE001 - not swallowed: a rejection, a database error or a
             # bug, Flask runs the same steps again and answers (and logs) it, a bug with its
             # own error handling (a JSON 500, never a stack trace).

@@ -75,7 +75,8 @@ def event_rows(
                 "external_id": event.external_id,
                 "type": event.type,
                 "occurred_at": event.occurred_at,
-                # The relay turns `received` into `queued` once the job exists.
+                # The relay turns `received` into `queued` once the job exists (a web
+                # worker's group stores its rows `queued` and queues them itself: group.py).
                 "status": "skipped" if event.skip_reason else "received",
                 "reason": event.skip_reason,
                 "contact_key": event.contact_key,

@@ -84,7 +84,7 @@ def test_batch_size_and_linger_reach_the_worker_from_options_and_environment(
     by_default = runner.invoke(args=burst)
 
     assert [r.exit_code for r in (by_option, by_env, by_default)] == [0, 0, 0]
-    assert [(w.batch_size, w.linger) for w in made] == [(7, 0.0), (3, 0.025), (50, 0.08)]
+    assert [(w.batch_size, w.linger) for w in made] == [(7, 0.0), (3, 0.025), (150, 0.08)]
 
 
 def test_the_worker_command_leaves_its_start_up_objects_out_of_full_collections(

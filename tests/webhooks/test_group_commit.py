@@ -18,13 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from greenlet import greenlet
+from rq.job import Job
 from sqlalchemy import create_engine, select
 
-from gatehouse.extensions import db
+from gatehouse.extensions import db, redis_client
 from gatehouse.models import Event
+from gatehouse.queue.enqueue import get_queue
+from gatehouse.queue.relay import relay_pending
 from gatehouse.webhooks import group
 from tests.helpers import (
     cli_standard_source,
@@ -128,7 +132,7 @@ def test_parked_webhooks_are_answered_only_after_one_insert_has_stored_them_all(
         stored = _stored(f"msg_g{i}")
         assert answer.json == {"status": "accepted", "events": [stored.id]}
         assert (stored.status, stored.deliveries, stored.type) == (
-            "received",
+            "queued",
             1,
             "contact.tags_set",
         )
@@ -136,6 +140,65 @@ def test_parked_webhooks_are_answered_only_after_one_insert_has_stored_them_all(
     assert event_count() == 6
     count, total = _groups(client)
     assert (count - groups_before[0], total - groups_before[1]) == (1, 5)  # one insert, five rows
+
+
+def test_a_group_queues_the_jobs_of_what_it_stored_after_answering(
+    app: Flask, client: FlaskClient, secret: str
+) -> None:
+    """Stored `queued`, so no relay claims them, and their jobs queued by the group itself
+    once they are answered: a redelivery in the group gets no second job."""
+    queue = get_queue(app)
+    _post_alone(client, secret, "msg_known")
+    assert relay_pending(app) == 2  # the warm-up and msg_known, stored alone: `received`
+    with app.app_context():
+        before = queue.job_ids
+    with group.collecting() as parked:
+        requests = Round(client, secret)
+        requests.start("msg_known")
+        for i in range(3):
+            requests.start(f"msg_q{i}")
+        parked.flush()
+        requests.answer()
+        with app.app_context():
+            assert queue.job_ids == before  # answered, nothing queued yet
+        parked.enqueue()
+
+    ids = [_stored(f"msg_q{i}").id for i in range(3)]
+    with app.app_context():
+        assert queue.job_ids == [*before, *ids]
+        assert all(Job.fetch(i, connection=redis_client.get(app)).args == (i,) for i in ids)
+    assert {_stored(f"msg_q{i}").status for i in range(3)} == {"queued"}
+    db.session.rollback()  # reading .status began a transaction (on SQLite, the write lock)
+    assert relay_pending(app) == 0  # nothing `received` of theirs for a relay to claim
+
+
+def test_when_redis_refuses_a_groups_jobs_the_relay_gets_its_events(
+    app: Flask, client: FlaskClient, secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handed back (`received` again) for the relay, which queues them once Redis takes
+    jobs; and for a while the worker stores its groups `received` without trying Redis."""
+    monkeypatch.setattr(group, "_enqueue_paused_until", 0.0)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]  # nothing listens there once this closes
+    nowhere = redis.Redis(port=closed_port, socket_connect_timeout=0.5, socket_timeout=0.5)
+    monkeypatch.setitem(app.extensions, "gatehouse.redis_web", nowhere)
+    queue = get_queue(app)
+    for round_ in ("refused", "paused"):
+        with group.collecting() as parked:
+            requests = Round(client, secret)
+            requests.start(f"msg_{round_}")
+            parked.flush()
+            [answer] = requests.answer()
+            parked.enqueue()
+        assert answer.status_code == 202
+        assert _stored(f"msg_{round_}").status == "received"
+        db.session.rollback()
+    assert group._enqueue_paused_until > time.monotonic()
+
+    assert relay_pending(app) == 3  # and the warm-up, stored alone (`received`)
+    with app.app_context():
+        assert {_stored(f"msg_{r}").id for r in ("refused", "paused")} <= set(queue.job_ids)
 
 
 def test_a_redelivery_and_a_repeat_inside_one_group_are_answered_duplicate_and_counted(
