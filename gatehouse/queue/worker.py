@@ -51,6 +51,7 @@ from typing import Any
 
 import redis
 from flask import Flask
+from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -237,7 +238,8 @@ class GatehouseWorker(SimpleWorker):
         others = [j for j in jobs if not batchable(j)]
         self._run_batch(batch, queue)
         for other in others:
-            super().execute_job(self._full(other), queue)
+            if (full := self._full(other)) is not None:
+                super().execute_job(full, queue)
 
     def _uses_intermediate_queue(self) -> bool:
         # The same condition as rq's Queue.dequeue_any: LMOVE into the intermediate list.
@@ -274,12 +276,18 @@ class GatehouseWorker(SimpleWorker):
                 pipe.execute()
         return jobs
 
-    def _full(self, job: Job) -> Job:
+    def _full(self, job: Job) -> Job | None:
         """The job as RQ's own paths need it (they save it whole): read again in full if
-        `_take_more` read only part of it."""
+        `_take_more` read only part of it. None if it was deleted meanwhile: skipped, as
+        RQ's dequeue skips a deleted job (its started-registry entry, if the batch made
+        one, expires and RQ's cleanup drops it)."""
         if not getattr(job, "read_partly", False):
             return job
-        full = Job.fetch(job.id, connection=self.connection, serializer=self.serializer)
+        try:
+            full = Job.fetch(job.id, connection=self.connection, serializer=self.serializer)
+        except NoSuchJobError:
+            log.warning("batch.job_gone", extra={"job_id": job.id})
+            return None
         full.redis_server_version = job.redis_server_version
         return full
 
@@ -340,8 +348,8 @@ class GatehouseWorker(SimpleWorker):
             if done:
                 self._finish_batch(done, [results[j.id] for j, _e in done], queue)
             for job, execution in zip(jobs, executions, strict=True):
-                if job.id not in results:
-                    self.perform_job(self._full(job), queue, execution)
+                if job.id not in results and (full := self._full(job)) is not None:
+                    self.perform_job(full, queue, execution)
         self.set_state(WorkerStatus.IDLE)
 
     def _finish_batch(

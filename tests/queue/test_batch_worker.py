@@ -314,6 +314,38 @@ def test_a_poison_event_in_a_batch_fails_alone(app: Flask) -> None:
     assert "KeyError" in (result.exc_string or "")
 
 
+def test_a_job_deleted_while_its_batch_ran_is_skipped_when_the_batch_falls_back(
+    app: Flask,
+) -> None:
+    """A job `_take_more` read in part is read again in full before RQ's own path runs it;
+    one deleted meanwhile is skipped, as RQ's dequeue skips one, and the rest still run."""
+    assert app.config["GATEHOUSE_RETRY_INTERVALS"] == []
+    good = [broken_event(tag=str(100 + n)) for n in range(3)]
+    poison = broken_event()
+    assert enqueue_events([good[0], poison, *good[1:]])
+    client = redis_client.get(app)
+
+    class DeletingOne(GatehouseWorker):
+        def _start_batch(self, jobs: list[Job], queue: Any) -> Any:
+            executions = super()._start_batch(jobs, queue)
+            client.delete(Job.key_for(good[1]))  # taken with the first, read in part
+            return executions
+
+    worker = DeletingOne(app, batch_size=10)
+    worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+
+    db.session.rollback()
+    rows = {e.id: e for e in db.session.execute(select(Event)).scalars()}
+    assert rows[poison].status == "failed"
+    # The one after the deleted job ran too.
+    assert [rows[g].status for g in (good[0], good[2])] == ["skipped", "skipped"]
+    assert rows[good[1]].status == "queued"  # never run; the sweep queues it again
+    db.session.rollback()
+    queue = get_queue(app)
+    assert sorted(queue.finished_job_registry.get_job_ids()) == sorted([good[0], good[2]])
+    assert queue.failed_job_registry.get_job_ids() == [poison]
+
+
 def test_a_poison_event_is_retried_then_failed_while_the_rest_of_its_batch_finishes(
     app: Flask, database_url: str, redis_server: Any
 ) -> None:
