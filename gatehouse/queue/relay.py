@@ -110,6 +110,19 @@ def driver_claim() -> DriverClaim:
     return for_engine("gatehouse.driver_claim", DriverClaim)
 
 
+def queue_or_hand_back(ids: list[str], app: Flask, client: redis.Redis | None = None) -> bool:
+    """Queue the jobs of these `queued` events; if Redis refuses, hand them back
+    (`received`) for a relay to queue later and return False. Needs no app context (the
+    web worker calls it after each group, where pushing one would cost every group); the
+    hand-back pushes its own. A database error on the hand-back is raised: the events are
+    then `queued` with no job, which the sweep queues after GATEHOUSE_SWEEP_GRACE."""
+    if not ids or enqueue_events(ids, app, client):
+        return True
+    with app.app_context():
+        driver_claim().claim(ids, old="queued", new="received")
+    return False
+
+
 def relay_pending(app: Flask, limit: int = BATCH) -> int:
     """Claim up to `limit` received events and queue their jobs; returns how many.
 
@@ -123,8 +136,7 @@ def relay_pending(app: Flask, limit: int = BATCH) -> int:
             return 0
         # Another relay may have claimed some of them since: only ours come back.
         claimed = claims.claim(ids)
-        if claimed and not enqueue_events(claimed, app):
-            claims.claim(claimed, old="queued", new="received")
+        if not queue_or_hand_back(claimed, app):
             raise redis.ConnectionError("Redis refused the jobs; the events stay received")
         return len(claimed)
 

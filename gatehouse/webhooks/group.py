@@ -46,8 +46,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gatehouse import metrics
 from gatehouse.extensions import redis_client
-from gatehouse.queue.enqueue import enqueue_events
-from gatehouse.queue.relay import driver_claim
+from gatehouse.queue.relay import queue_or_hand_back
 from gatehouse.webhooks.inbox import DriverInsert, Stored, event_rows
 from gatehouse.webhooks.senders.base import CanonicalEvent, SourceInfo
 
@@ -144,14 +143,13 @@ class InsertGroup:
         global _enqueue_paused_until
         if not self.queued or self.app is None:
             return
-        if enqueue_events(self.queued, self.app, redis_client.web(self.app)):
-            return
-        _enqueue_paused_until = time.monotonic() + ENQUEUE_PAUSE
         try:
-            with self.app.app_context():
-                driver_claim().claim(self.queued, old="queued", new="received")
+            if queue_or_hand_back(self.queued, self.app, redis_client.web(self.app)):
+                return
+            _enqueue_paused_until = time.monotonic() + ENQUEUE_PAUSE
         except SQLAlchemyError as exc:
             # Left `queued` with no job: the sweep queues them after GATEHOUSE_SWEEP_GRACE.
+            _enqueue_paused_until = time.monotonic() + ENQUEUE_PAUSE
             log.warning(
                 "group.hand_back_failed", extra={"events": len(self.queued), "error": str(exc)}
             )
