@@ -189,6 +189,9 @@ def test_when_redis_refuses_a_groups_jobs_the_relay_gets_its_events(
             requests = Round(client, secret)
             requests.start(f"msg_{round_}")
             parked.flush()
+            # Refused: stored `queued`, handed back below. Paused: stored `received` at once,
+            # with nothing for this group to queue, so Redis is not tried.
+            assert len(parked.queued) == (1 if round_ == "refused" else 0)
             [answer] = requests.answer()
             parked.enqueue()
         assert answer.status_code == 202
