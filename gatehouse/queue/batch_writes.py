@@ -116,22 +116,18 @@ end
 return out
 """
 
-# What a batch reads of a job taken by `take` (`batchable`, the scripts below, the
-# heartbeat's registry): everything but the dates, descriptions and meta, which Job.restore
-# spent most of its time parsing (five strptime calls a job) and a batch never reads.
+# What a batch reads of a job taken by `take`: `worker.batchable` (the function, result
+# TTL, success callback, repeats, dependencies), its arguments and timeout, the heartbeat's
+# registry (origin). Not the dates, descriptions, meta or failure settings: Job.restore spent
+# most of its time parsing the dates (five strptime calls a job), and a job that leaves the
+# batch path is read again in full (`GatehouseWorker._full`).
 TAKEN_FIELDS = (
     "data",
     "origin",
-    "status",
     "timeout",
     "result_ttl",
-    "failure_ttl",
     "success_callback_name",
-    "failure_callback_name",
-    "stopped_callback_name",
     "dependency_ids",
-    "retries_left",
-    "retry_intervals",
     "repeats_left",
 )
 

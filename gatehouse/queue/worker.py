@@ -114,6 +114,11 @@ def batchable(job: Job) -> bool:
     )
 
 
+class TakenJob(Job):
+    """A job `_take_more` read only in part (`batch_writes.TAKEN_FIELDS`): never saved whole,
+    and read again in full (`GatehouseWorker._full`) before RQ's own paths get it."""
+
+
 class GatehouseWorker(SimpleWorker):
     def __init__(
         self,
@@ -256,18 +261,17 @@ class GatehouseWorker(SimpleWorker):
         taken = self.batch_writes.take(
             queue.key, queue.intermediate_queue_key if intermediate else None, count
         )
-        jobs = []
+        jobs: list[Job] = []
         gone = []
         version = self.get_redis_server_version()
         for job_id, fields in taken:
             if fields is None:
                 gone.append(job_id)  # deleted meanwhile: RQ's dequeue skips it the same way
                 continue
-            job = Job(job_id, connection=self.connection)
+            job = TakenJob(job_id, connection=self.connection)
             job.serializer = self.serializer  # resolved once, by the worker
             job.restore(fields)
             job.redis_server_version = version
-            job.read_partly = True  # type: ignore[attr-defined]
             jobs.append(job)
         if gone and intermediate:
             with self.connection.pipeline(transaction=False) as pipe:
@@ -281,7 +285,7 @@ class GatehouseWorker(SimpleWorker):
         `_take_more` read only part of it. None if it was deleted meanwhile: skipped, as
         RQ's dequeue skips a deleted job (its started-registry entry, if the batch made
         one, expires and RQ's cleanup drops it)."""
-        if not getattr(job, "read_partly", False):
+        if not isinstance(job, TakenJob):
             return job
         try:
             full = Job.fetch(job.id, connection=self.connection, serializer=self.serializer)

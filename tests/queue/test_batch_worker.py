@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from gatehouse.extensions import db, redis_client
 from gatehouse.models import Event, EventAttempt, Source, new_id, utcnow
 from gatehouse.queue import enqueue_events, get_queue
-from gatehouse.queue.worker import BATCH_TTL, GatehouseWorker
+from gatehouse.queue.worker import BATCH_TTL, GatehouseWorker, TakenJob, batchable
 from tests.conftest import make_app
 from tests.handlers.test_tag_ordering import (
     TAGS,
@@ -440,6 +440,10 @@ def test_more_jobs_are_taken_as_rq_dequeue_takes_one(app: Flask) -> None:
     taken = worker._take_more(queue, 2)
 
     assert [job.id for job in taken] == ids[:2]
+    # Read in part, but with all the batch path reads: each still goes in the batch.
+    assert all(isinstance(job, TakenJob) and batchable(job) for job in taken)
+    assert [job.args for job in taken] == [(i,) for i in ids[:2]]
+    assert {job.origin for job in taken} == {queue.name}
     assert [x.decode() for x in client.lrange(queue.intermediate_queue_key, 0, -1)] == ids[:2]
     assert queue.get_job_ids() == ids[2:]
     assert worker._take_more(queue, 5)[0].id == ids[2]
